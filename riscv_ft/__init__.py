@@ -1,0 +1,9 @@
+"""riscv_ft: fine-tune Mistral-7B with LoRA/QLoRA on Apple MLX into a RISC-V assembly
+generator, and track every run in MLflow.
+
+Data flow: data (riscv_ft.data) -> model (riscv_ft.model) -> training loop
+(riscv_ft.trainer) -> evaluation (riscv_ft.evaluate) -> tracking (riscv_ft.track), put
+together for one run by riscv_ft.experiment and started by `python -m riscv_ft.train`.
+"""
+
+__version__ = "0.1.0"

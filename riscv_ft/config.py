@@ -1,0 +1,233 @@
+"""The one configuration schema of riscv_ft.
+
+Every key that `conf/*.yaml` may set is declared here as a typed dataclass field with a
+default and a comment. The dataclasses are registered in Hydra's ConfigStore, so Hydra
+rejects unknown keys and wrong types; `validate` adds the range checks that types cannot
+express. `ConfigError` carries one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed. Its message is one line for the user."""
+
+
+@dataclass
+class QuantizeConfig:
+    # Quantize the base model's linear layers on load (QLoRA). Off for a bf16/float32 base.
+    enabled: bool = False
+    # Bits per weight: 4 (QLoRA default) or 8. MLX's affine mode also has 2/3/5/6, but those
+    # are not tested with LoRA here.
+    bits: int = 4
+    # Weights sharing one scale and bias: 32, 64 (mlx-lm's default) or 128.
+    group_size: int = 64
+
+
+@dataclass
+class TinyConfig:
+    """Shape of the locally built Mistral-architecture model (`model=tiny`)."""
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 2
+    intermediate_size: int = 512
+    # Seed of the random initial weights: same seed, same model, same cache folder.
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # Short name used in run names and MLflow.
+    name: str = "mistral7b_4bit"
+    # Hugging Face repo id or local folder that `mlx_lm.load` opens. Ignored when source=tiny.
+    path: str = "mistralai/Mistral-7B-Instruct-v0.3"
+    # hub: `path` is a repo id or folder; tiny: build the tiny model locally (no download).
+    source: str = "hub"
+    # Compute dtype of the unquantized weights: bfloat16, float16 or float32.
+    dtype: str = "bfloat16"
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+
+
+@dataclass
+class LoraConfig:
+    # lora, dora, or full (train every weight; for the tiny model only on a laptop).
+    fine_tune_type: str = "lora"
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # rsLoRA: scale = alpha / sqrt(rank) instead of alpha / rank (PEFT's convention).
+    use_rslora: bool = False
+    # Linear layers (inside each transformer block) that get adapters.
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # How many transformer blocks, counted from the last, get adapters; -1 means all.
+    num_layers: int = -1
+
+
+@dataclass
+class DataConfig:
+    # Short name used in run names and MLflow.
+    name: str = "riscv_spec"
+    # hub: `datasets.load_dataset(hub_id)`; file: a local JSONL/Parquet at `path`;
+    # synthetic: generated, assembler-verified pairs (riscv_ft.data.synthetic).
+    source: str = "hub"
+    hub_id: str = "davidpirkl/riscv-instruction-specification"
+    hub_split: str = "train"
+    # A local .jsonl/.json/.parquet file with `description` and `instructions`. Setting it
+    # switches source to file.
+    path: Optional[str] = None
+    # Rows generated when source=synthetic.
+    synthetic_rows: int = 3000
+    # Shares of distinct descriptions held out; the split is by description, so no
+    # description appears in two splits.
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # chat: the tokenizer's own chat template ([INST] ... [/INST] for Mistral);
+    # completion: "User: <description>\nAssistant: <instructions>".
+    prompt_format: str = "chat"
+    # Loss on answer tokens only (the prompt is masked out).
+    mask_prompt: bool = True
+    # Longest tokenized sample; longer ones are truncated or dropped (counted either way).
+    max_seq_length: int = 512
+    too_long: str = "truncate"
+    # Batches are padded to a multiple of this many tokens (fewer compiled shapes).
+    pad_to_multiple: int = 8
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = 4
+    iters: int = 600
+    # AdamW peak learning rate (see conf/trainer/default.yaml for why 1e-4).
+    learning_rate: float = 1.0e-4
+    weight_decay: float = 0.0
+    # Linear warmup from 0 over this many optimizer steps, then cosine decay.
+    warmup_steps: int = 30
+    # The cosine ends at learning_rate * min_lr_ratio.
+    min_lr_ratio: float = 0.1
+    # Micro-batches per optimizer step (gradients summed token-weighted).
+    grad_accumulation: int = 1
+    # Clip the global gradient norm to this; 0 turns clipping off.
+    max_grad_norm: float = 1.0
+    # Recompute each block's activations in the backward pass: less memory, ~30% slower.
+    grad_checkpoint: bool = False
+    # Compile the training step with mx.compile.
+    compile: bool = True
+    report_every: int = 10
+    # Validation every N steps (and at the end); 0 only at the end.
+    eval_every: int = 100
+    # Validation batches per evaluation; -1 means the whole validation split.
+    val_batches: int = -1
+    # Save adapters every N steps (and at the end); 0 only at the end.
+    save_every: int = 100
+    seed: int = 0
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    # MLflow tracking URI; null means the project's SQLite store in mlruns/.
+    uri: Optional[str] = None
+    experiment_name: str = "riscv-asm-lora"
+
+
+@dataclass
+class SamplesConfig:
+    # Test prompts answered after training and printed beside their references.
+    num_samples: int = 4
+    max_tokens: int = 64
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    lora: LoraConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    # Free-form tag shown in the run name and in MLflow.
+    run_name: Optional[str] = None
+    # Where runs are kept (Hydra's run folders go below it).
+    experiments_dir: str = "experiments"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="lora", name="lora_schema", node=LoraConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+
+
+# (key, check, what is allowed). Checked in this order; the first failure is reported.
+_RULES: list[tuple[str, Any, str]] = [
+    ("model.source", lambda v: v in ("hub", "tiny"), "one of hub, tiny"),
+    ("model.dtype", lambda v: v in ("bfloat16", "float16", "float32"), "one of bfloat16, float16, float32"),
+    ("model.quantize.bits", lambda v: v in (4, 8), "4 or 8"),
+    ("model.quantize.group_size", lambda v: v in (32, 64, 128), "32, 64 or 128"),
+    ("model.tiny.hidden_size", lambda v: v >= 16, "an integer >= 16"),
+    ("model.tiny.num_hidden_layers", lambda v: v >= 1, "an integer >= 1"),
+    ("lora.fine_tune_type", lambda v: v in ("lora", "dora", "full"), "one of lora, dora, full"),
+    ("lora.rank", lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
+    ("lora.alpha", lambda v: v > 0 and math.isfinite(v), "a number > 0"),
+    ("lora.dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("lora.targets", lambda v: len(v) > 0 and all(k in LORA_TARGETS for k in v), f"a non-empty list from {LORA_TARGETS}"),
+    ("lora.num_layers", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
+    ("data.source", lambda v: v in ("hub", "file", "synthetic"), "one of hub, file, synthetic"),
+    ("data.synthetic_rows", lambda v: v >= 10, "an integer >= 10"),
+    ("data.valid_fraction", lambda v: 0.0 < v < 0.5, "a number in (0, 0.5)"),
+    ("data.test_fraction", lambda v: 0.0 <= v < 0.5, "a number in [0, 0.5)"),
+    ("data.prompt_format", lambda v: v in ("chat", "completion"), "one of chat, completion"),
+    ("data.max_seq_length", lambda v: v >= 8, "an integer >= 8"),
+    ("data.too_long", lambda v: v in ("truncate", "drop"), "one of truncate, drop"),
+    ("data.pad_to_multiple", lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
+    ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.iters", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.learning_rate", lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    ("trainer.weight_decay", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("trainer.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("trainer.min_lr_ratio", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    ("trainer.grad_accumulation", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.max_grad_norm", lambda v: v >= 0.0, "a number >= 0 (0 turns clipping off)"),
+    ("trainer.report_every", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.eval_every", lambda v: v >= 0, "an integer >= 0"),
+    ("trainer.val_batches", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
+    ("trainer.save_every", lambda v: v >= 0, "an integer >= 0"),
+    ("samples.num_samples", lambda v: v >= 0, "an integer >= 0"),
+    ("samples.max_tokens", lambda v: v >= 1, "an integer >= 1"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value out of its allowed range."""
+    for key, ok, allowed in _RULES:
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+    if cfg.data.source == "file" and not cfg.data.path:
+        raise ConfigError("data.path must name a .jsonl, .json or .parquet file when data.source=file")
+
+
+def lora_scale(lora: LoraConfig | DictConfig) -> float:
+    """The multiplier mlx-lm's LoRA layers take: alpha/rank (PEFT) or alpha/sqrt(rank) (rsLoRA)."""
+    denominator = math.sqrt(lora.rank) if lora.use_rslora else lora.rank
+    return float(lora.alpha) / denominator

@@ -1,0 +1,411 @@
+"""Data pipeline: load -> clean -> de-duplicate -> split by description -> format -> tokenize -> batch.
+
+Each step returns its output and counts what it dropped, so a run can log exactly what
+happened to the data (`DataReport`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("description", "instructions")
+COMPLETION_TEMPLATE = "User: {description}\nAssistant: "
+
+
+class DataError(ValueError):
+    """The data cannot be used. Its message is one line for the user."""
+
+
+@dataclass
+class DataReport:
+    """What each step kept and dropped, for the log and MLflow."""
+
+    source: str = ""
+    digest: str = ""
+    rows_loaded: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows skipped while loading
+    dropped_empty_after_cleaning: int = 0
+    dropped_duplicates: int = 0
+    split_sizes: dict = field(default_factory=dict)
+    too_long: dict = field(default_factory=dict)  # split -> samples truncated or dropped
+
+    def as_params(self) -> dict:
+        params = {
+            "data.source_resolved": self.source,
+            "data.digest": self.digest,
+            "data.rows_loaded": self.rows_loaded,
+            "data.rows_skipped": sum(self.skipped.values()),
+            "data.dropped_empty": self.dropped_empty_after_cleaning,
+            "data.dropped_duplicates": self.dropped_duplicates,
+        }
+        params.update({f"data.{k}_rows": v for k, v in self.split_sizes.items()})
+        params.update({f"data.{k}_too_long": v for k, v in self.too_long.items()})
+        return params
+
+
+# ---------------------------------------------------------------- load
+
+
+def load_rows(data_cfg: DictConfig, seed: int, report: DataReport) -> list[dict]:
+    """Rows of {description, instructions} from the hub, a local file, or the generator."""
+    source = "file" if data_cfg.path else data_cfg.source
+    if source == "file":
+        rows = _read_file(Path(data_cfg.path).expanduser(), report)
+        report.source = str(Path(data_cfg.path).expanduser().resolve())
+    elif source == "synthetic":
+        from riscv_ft.data.synthetic import synthetic_rows
+
+        rows = synthetic_rows(data_cfg.synthetic_rows, seed=seed)
+        report.source = f"synthetic(rows={data_cfg.synthetic_rows}, seed={seed})"
+    else:
+        rows = _load_hub(data_cfg.hub_id, data_cfg.hub_split, report)
+        report.source = f"hf://{data_cfg.hub_id}[{data_cfg.hub_split}]"
+    report.rows_loaded = len(rows)
+    report.digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    return rows
+
+
+def _load_hub(hub_id: str, split: str, report: DataReport) -> list[dict]:
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    try:
+        dataset = datasets.load_dataset(hub_id, split=split)
+    except Exception as err:  # noqa: BLE001 - the hub client raises many kinds
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise DataError(
+            f"cannot load dataset {hub_id!r} from the Hugging Face hub ({first}); "
+            "use data.path=FILE for a local JSONL/Parquet file, or experiment=smoke to try offline"
+        ) from err
+    return _validated(list(dataset), hub_id, report)
+
+
+def _read_file(path: Path, report: DataReport) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"data.path={str(path)!r}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"data.path={str(path)!r}: the file is empty")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            records = pq.read_table(path).to_pylist()
+        except Exception as err:  # noqa: BLE001
+            raise DataError(f"data.path={str(path)!r}: not a readable Parquet file ({err})") from err
+        return _validated(records, str(path), report)
+    if suffix not in (".jsonl", ".json"):
+        raise DataError(f"data.path={str(path)!r}: expected a .jsonl, .json or .parquet file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"data.path={str(path)!r}: not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+    if suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            return _validated(json.loads(text), str(path), report)
+        except json.JSONDecodeError as err:
+            raise DataError(f"data.path={str(path)!r}: not valid JSON ({err})") from err
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            report.skipped["not JSON"] += 1
+    return _validated(records, str(path), report)
+
+
+def _validated(records: list, where: str, report: DataReport) -> list[dict]:
+    rows = []
+    for record in records:
+        reason = _row_problem(record)
+        if reason:
+            report.skipped[reason] += 1
+        else:
+            rows.append({k: record[k] for k in FIELDS})
+    if not rows:
+        reasons = ", ".join(f"{n} {r}" for r, n in report.skipped.most_common()) or "no rows"
+        raise DataError(f"{where}: no usable rows ({reasons}); each row needs string fields {list(FIELDS)}")
+    if report.skipped:
+        log.warning(
+            "Skipped %d rows of %s: %s", sum(report.skipped.values()), where,
+            ", ".join(f"{n} {r}" for r, n in report.skipped.most_common()),
+        )
+    return rows
+
+
+def _row_problem(record) -> str | None:
+    if not isinstance(record, dict):
+        return "not an object"
+    for key in FIELDS:
+        if key not in record:
+            return f"missing {key}"
+        if not isinstance(record[key], str):
+            return f"non-string {key}"
+        if not record[key].strip():
+            return f"empty {key}"
+    return None
+
+
+# ---------------------------------------------------------------- clean, de-duplicate, split
+
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
+
+
+def clean_text(text: str) -> str:
+    """NFKC (PDF ligatures such as U+FB01 become 'fi'), then tidy whitespace line by line."""
+    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return "\n".join(line for line in lines if line)
+
+
+def clean_rows(rows: list[dict], report: DataReport) -> list[dict]:
+    cleaned = []
+    for row in rows:
+        row = {k: clean_text(row[k]) for k in FIELDS}
+        if row["description"] and row["instructions"]:
+            cleaned.append(row)
+    report.dropped_empty_after_cleaning = len(rows) - len(cleaned)
+    return cleaned
+
+
+def drop_duplicates(rows: list[dict], report: DataReport) -> list[dict]:
+    seen, unique = set(), []
+    for row in rows:
+        key = (row["description"], row["instructions"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    report.dropped_duplicates = len(rows) - len(unique)
+    return unique
+
+
+def split_by_description(
+    rows: list[dict], valid_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[dict]]:
+    """Deterministic train/valid/test split in which no description lands in two splits.
+
+    Rows sharing a description (the dataset has many, with different targets) go together,
+    so validation measures descriptions the model has not seen.
+    """
+    descriptions = sorted({row["description"] for row in rows})
+    random.Random(seed).shuffle(descriptions)
+    n = len(descriptions)
+    n_valid = max(1, round(n * valid_fraction))
+    n_test = round(n * test_fraction) if test_fraction > 0 else 0
+    if n - n_valid - n_test < 1:
+        raise DataError(f"only {n} distinct descriptions: too few to split into train/valid/test")
+    where = {}
+    for i, description in enumerate(descriptions):
+        where[description] = "valid" if i < n_valid else "test" if i < n_valid + n_test else "train"
+    splits = {"train": [], "valid": [], "test": []}
+    for row in rows:
+        splits[where[row["description"]]].append(row)
+    return splits
+
+
+# ---------------------------------------------------------------- format and tokenize
+
+
+def to_record(row: dict, prompt_format: str) -> dict:
+    """The mlx-lm data format of one row: chat messages or prompt/completion."""
+    if prompt_format == "chat":
+        return {"messages": [
+            {"role": "user", "content": row["description"]},
+            {"role": "assistant", "content": row["instructions"]},
+        ]}
+    return {"prompt": COMPLETION_TEMPLATE.format(description=row["description"]), "completion": row["instructions"]}
+
+
+def prompt_text(description: str, tokenizer, prompt_format: str) -> str:
+    """The text a model sees before it answers: used for training and for generation."""
+    if prompt_format == "chat":
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": description}], tokenize=False, add_generation_prompt=True
+        )
+    return COMPLETION_TEMPLATE.format(description=description)
+
+
+def tokenize_row(row: dict, tokenizer, prompt_format: str) -> tuple[list[int], int]:
+    """Token ids of prompt + answer (+ EOS), and how many of them belong to the prompt."""
+    if prompt_format == "chat":
+        record = to_record(row, "chat")
+        full = tokenizer.apply_chat_template(record["messages"], tokenize=True)
+        prompt = tokenizer.apply_chat_template(record["messages"][:1], tokenize=True, add_generation_prompt=True)
+    else:
+        prompt = tokenizer.encode(COMPLETION_TEMPLATE.format(description=row["description"]))
+        full = prompt + tokenizer.encode(row["instructions"], add_special_tokens=False) + [tokenizer.eos_token_id]
+    full, prompt = list(full), list(prompt)
+    if full[: len(prompt)] != prompt:
+        # A template that re-tokenizes the boundary differently: fall back to the longest
+        # common prefix so the mask never covers answer tokens.
+        n = 0
+        while n < min(len(full), len(prompt)) and full[n] == prompt[n]:
+            n += 1
+        return full, n
+    return full, len(prompt)
+
+
+@dataclass
+class Sample:
+    tokens: list[int]
+    prompt_len: int  # tokens [0, prompt_len) are the prompt
+
+
+def tokenize_split(
+    rows: list[dict], tokenizer, data_cfg: DictConfig, split: str, report: DataReport
+) -> list[Sample]:
+    samples, too_long = [], 0
+    for row in rows:
+        tokens, prompt_len = tokenize_row(row, tokenizer, data_cfg.prompt_format)
+        if len(tokens) > data_cfg.max_seq_length:
+            too_long += 1
+            if data_cfg.too_long == "drop":
+                continue
+            tokens = tokens[: data_cfg.max_seq_length]
+            prompt_len = min(prompt_len, len(tokens) - 1)
+        samples.append(Sample(tokens, prompt_len if data_cfg.mask_prompt else 0))
+    report.too_long[split] = too_long
+    if too_long:
+        verb = "dropped" if data_cfg.too_long == "drop" else "truncated"
+        log.warning("%s: %d samples longer than data.max_seq_length=%d were %s", split, too_long, data_cfg.max_seq_length, verb)
+    return samples
+
+
+# ---------------------------------------------------------------- batches
+
+
+@dataclass
+class Batch:
+    inputs: np.ndarray  # (B, L) token ids
+    targets: np.ndarray  # (B, L) next-token ids
+    mask: np.ndarray  # (B, L) 1.0 where the target counts in the loss
+    real_tokens: int  # input positions that hold a real token (not padding)
+
+    @property
+    def loss_tokens(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.inputs.size
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0) -> Batch:
+    """Pad to the longest sample, rounded up to a multiple, and mask prompt and padding.
+
+    Inputs are tokens[:-1] and targets tokens[1:], so the loss never trains a padding token
+    (mlx-lm's `steps <= lengths` trains one per sequence).
+    """
+    width = round_up(max(len(s.tokens) - 1 for s in samples), pad_to_multiple)
+    inputs = np.full((len(samples), width), pad_id, dtype=np.int32)
+    targets = np.full((len(samples), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(samples), width), dtype=np.float32)
+    real = 0
+    for i, s in enumerate(samples):
+        n = len(s.tokens) - 1
+        inputs[i, :n] = s.tokens[:-1]
+        targets[i, :n] = s.tokens[1:]
+        # Target j is token j+1: it counts when token j+1 is part of the answer.
+        mask[i, max(s.prompt_len - 1, 0) : n] = 1.0
+        real += n
+    return Batch(inputs, targets, mask, real)
+
+
+def length_bucketed_batches(
+    samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, epoch: int = 0
+) -> list[Batch]:
+    """One epoch of batches: sorted by length so each batch pads little, batch order shuffled.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    """
+    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), i))
+    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    random.Random(seed * 1_000_003 + epoch).shuffle(groups)
+    return [make_batch([samples[i] for i in group], pad_to_multiple) for group in groups]
+
+
+def check_batch_size(samples: list[Sample], batch_size: int) -> None:
+    if len(samples) < batch_size:
+        raise DataError(
+            f"trainer.batch_size={batch_size} is larger than the training split ({len(samples)} samples); "
+            "lower trainer.batch_size"
+        )
+
+
+def iterate_training_batches(
+    samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, start_step: int = 0
+) -> Iterator[Batch]:
+    """Endless stream of training batches, epoch after epoch, skipping the first start_step."""
+    check_batch_size(samples, batch_size)
+    # Full batches only: a short last batch would weigh its few samples more.
+    per_epoch = len(samples) // batch_size
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        batches = [b for b in length_bucketed_batches(samples, batch_size, pad_to_multiple, seed, epoch)
+                   if b.inputs.shape[0] == batch_size]
+        for batch in batches[skip:]:
+            yield batch
+        skip, epoch = 0, epoch + 1
+
+
+def padding_share(batches: list[Batch]) -> float:
+    total = sum(b.padded_tokens for b in batches)
+    return 1.0 - sum(b.real_tokens for b in batches) / total if total else 0.0
+
+
+# ---------------------------------------------------------------- the whole pipeline
+
+
+@dataclass
+class PreparedData:
+    splits: dict[str, list[dict]]  # cleaned rows per split
+    samples: dict[str, list[Sample]]  # tokenized samples per split
+    report: DataReport
+
+
+def prepare(data_cfg: DictConfig, tokenizer, seed: int) -> PreparedData:
+    report = DataReport()
+    rows = load_rows(data_cfg, seed, report)
+    rows = clean_rows(rows, report)
+    rows = drop_duplicates(rows, report)
+    splits = split_by_description(rows, data_cfg.valid_fraction, data_cfg.test_fraction, seed)
+    report.split_sizes = {k: len(v) for k, v in splits.items()}
+    samples = {k: tokenize_split(v, tokenizer, data_cfg, k, report) for k, v in splits.items()}
+    if not samples["train"]:
+        raise DataError("no training samples left after cleaning and the length limit")
+    log.info(
+        "Data %s: %d rows loaded, %d skipped, %d empty after cleaning, %d duplicates dropped; "
+        "split train/valid/test = %d/%d/%d rows",
+        report.source, report.rows_loaded, sum(report.skipped.values()), report.dropped_empty_after_cleaning,
+        report.dropped_duplicates, len(splits["train"]), len(splits["valid"]), len(splits["test"]),
+    )
+    return PreparedData(splits, samples, report)
+
+
+def write_splits(splits: dict[str, list[dict]], folder: Path, prompt_format: str) -> None:
+    """train.jsonl / valid.jsonl / test.jsonl in mlx-lm's format (`mlx_lm.lora --data` reads them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(to_record(row, prompt_format), ensure_ascii=False) + "\n")

@@ -1,0 +1,132 @@
+"""One training run from start to finish: data -> model -> train -> samples -> outputs + MLflow.
+
+`run_experiment(cfg, run_dir)` is what `python -m riscv_ft.train` calls for each run (and
+each job of a sweep). Everything it leaves is in `run_dir`:
+
+    config.yaml        the resolved configuration
+    train.log          the log
+    train.jsonl, valid.jsonl, test.jsonl   the prepared splits, in mlx-lm's data format
+    adapters/          adapters.safetensors + adapter_config.json (mlx_lm.load reads them)
+    metrics.json       final figures
+    history.jsonl      every reported metric by step
+    loss_curve.png     train and validation loss
+    samples.jsonl      test prompts, references and the model's answers
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from riscv_ft.config import lora_scale
+from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, write_splits
+from riscv_ft.inference import generate_answers
+from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
+from riscv_ft.plots import plot_losses
+from riscv_ft.trainer import Trainer
+from riscv_ft.track import environment_tags, flatten, tracked_run
+
+log = logging.getLogger(__name__)
+
+
+def run_name(cfg: DictConfig) -> str:
+    parts = [cfg.run_name or cfg.model.name, f"r{cfg.lora.rank}", f"bs{cfg.trainer.batch_size}"]
+    return "-".join(str(p) for p in parts)
+
+
+def seed_everything(seed: int) -> None:
+    mx.random.seed(seed)
+    np.random.seed(seed)
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    seed_everything(cfg.trainer.seed)
+
+    loaded = load_base(cfg.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    data = prepare(cfg.data, tokenizer, cfg.trainer.seed)
+    write_splits(data.splits, run_dir, cfg.data.prompt_format)
+    check_batch_size(data.samples["train"], cfg.trainer.batch_size)
+
+    seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
+    lora_meta = apply_adapters(model, cfg.lora)
+    n_trainable = sum(p.size for p in trainable_parameters(model).values())
+    epoch_batches = length_bucketed_batches(data.samples["train"], cfg.trainer.batch_size, cfg.data.pad_to_multiple, cfg.trainer.seed)
+    derived = {
+        "lora.scale": lora_scale(cfg.lora),
+        "trainable_parameters": n_trainable,
+        "base_model": loaded.base_ref,
+        "batches_per_epoch": len(epoch_batches),
+        "epochs": round(cfg.trainer.iters * cfg.trainer.grad_accumulation / max(len(epoch_batches), 1), 3),
+        "data.padding_share_epoch": round(padding_share(epoch_batches), 4),
+        **data.report.as_params(),
+    }
+    log.info(
+        "Model %s: %d trainable parameters (%s, rank %d, scale %.3g); %d batches per epoch, padding %.1f%%",
+        loaded.base_ref, n_trainable, cfg.lora.fine_tune_type, cfg.lora.rank, derived["lora.scale"],
+        len(epoch_batches), 100 * derived["data.padding_share_epoch"],
+    )
+
+    history: list[dict] = []
+    adapters_dir = run_dir / "adapters"
+    with tracked_run(cfg, run_dir, run_name(cfg)) as tracker:
+        tracker.log_params({**flatten(cfg), **derived})
+        tracker.set_tags(environment_tags(run_dir))
+        tracker.log_dataset(data.splits["train"], data.report.source, data.report.digest, cfg.data.name)
+
+        def on_metrics(step: int, metrics: dict) -> None:
+            history.append({"step": step, **metrics})
+            tracker.log_metrics(step, metrics)
+
+        def on_save(step: int) -> None:
+            save_adapters(model, adapters_dir, loaded.base_ref, cfg.lora, lora_meta)
+
+        trainer = Trainer(model, cfg.trainer, cfg.data.pad_to_multiple)
+        metrics = trainer.fit(data.samples["train"], data.samples["valid"], on_metrics, on_save)
+        metrics["initial_val_loss"] = next((h["val_loss"] for h in history if "val_loss" in h), None)
+
+        samples = answer_samples(model, tokenizer, data.splits["test"] or data.splits["valid"], cfg)
+        metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+        write_outputs(run_dir, metrics, history, samples, run_name(cfg))
+        tracker.log_metrics(trainer.state.step, {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+        tracker.log_table(samples, "samples.json")
+        for name in ("config.yaml", "metrics.json", "history.jsonl", "loss_curve.png", "samples.jsonl", "train.log"):
+            tracker.log_artifact(run_dir / name)
+        tracker.log_artifact(adapters_dir, "adapters")
+        metrics["mlflow_run_id"] = tracker.run_id
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def answer_samples(model, tokenizer, rows: list[dict], cfg: DictConfig) -> list[dict]:
+    """Answers for the first few held-out prompts, printed beside their references."""
+    rows = rows[: cfg.samples.num_samples]
+    if not rows:
+        return []
+    answers = generate_answers(model, tokenizer, [r["description"] for r in rows], cfg.data.prompt_format, cfg.samples.max_tokens)
+    samples = [{"prompt": r["description"], "reference": r["instructions"], "generated": a} for r, a in zip(rows, answers)]
+    lines = ["Sample answers on held-out prompts:"]
+    for s in samples:
+        lines += [f"  prompt:    {s['prompt'][:100]}", f"  reference: {s['reference'][:100]}", f"  generated: {s['generated'][:100]}", ""]
+    log.info("\n".join(lines))
+    return samples
+
+
+def write_outputs(run_dir: Path, metrics: dict, history: list[dict], samples: list[dict], title: str) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(run_dir / "history.jsonl", "w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    with open(run_dir / "samples.jsonl", "w") as f:
+        for row in samples:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    plot_losses(history, run_dir / "loss_curve.png", title)

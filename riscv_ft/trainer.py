@@ -1,0 +1,259 @@
+"""Our own MLX training loop: masked loss, compiled step, AdamW with warmup + cosine.
+
+Reporting, evaluation and saving are separate functions around a small step; the loop
+calls `on_metrics(step, metrics)` so tracking stays out of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_map
+from omegaconf import DictConfig
+
+from riscv_ft.data.pipeline import Batch, Sample, iterate_training_batches, length_bucketed_batches
+
+log = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[int, dict], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def masked_loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array):
+    """Summed cross-entropy over the tokens the mask keeps, and how many it keeps.
+
+    Returning the sum (not the mean) lets micro-batches and data-parallel ranks add up
+    exactly and divide once by the total token count.
+    """
+    logits = model(inputs).astype(mx.float32)
+    losses = nn.losses.cross_entropy(logits, targets) * mask
+    return losses.sum(), mask.sum()
+
+
+def learning_rate_schedule(trainer: DictConfig):
+    peak, iters, warmup = trainer.learning_rate, trainer.iters, min(trainer.warmup_steps, trainer.iters - 1)
+    decay = optim.cosine_decay(peak, max(iters - warmup, 1), peak * trainer.min_lr_ratio)
+    if warmup <= 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def enable_grad_checkpoint(model: nn.Module) -> None:
+    """Recompute each transformer block's activations in the backward pass.
+
+    mlx-lm's `grad_checkpoint` patches the block *class*, which leaks into every later run
+    in the same process (Hydra multirun) and nests on a second call. Here each block gets
+    its own subclass, so nothing outlives the model.
+    """
+    for layer in model.layers:
+        base = type(layer)
+        if getattr(base, "_riscv_ft_checkpointed", False):
+            continue
+
+        def checkpointed_call(self, *args, _base_call=base.__call__, **kwargs):
+            def inner(params, *a, **kw):
+                self.update(params)
+                return _base_call(self, *a, **kw)
+
+            return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+        layer.__class__ = type(base.__name__, (base,), {"__call__": checkpointed_call, "_riscv_ft_checkpointed": True})
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_val_loss: float = math.inf
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int):
+        self.model = model
+        self.cfg = trainer_cfg
+        self.pad_to_multiple = pad_to_multiple
+        self.optimizer = optim.AdamW(learning_rate=learning_rate_schedule(trainer_cfg), weight_decay=trainer_cfg.weight_decay)
+        self.optimizer.init(model.trainable_parameters())
+        self.state = TrainState()
+        if trainer_cfg.grad_checkpoint:
+            enable_grad_checkpoint(model)
+        self._build_steps()
+
+    def _build_steps(self) -> None:
+        model, optimizer, cfg = self.model, self.optimizer, self.cfg
+        loss_and_grad = nn.value_and_grad(model, masked_loss)
+        compiled_state = [model.state, optimizer.state, mx.random.state]
+
+        def grad_step(inputs, targets, mask):
+            (loss_sum, ntok), grads = loss_and_grad(model, inputs, targets, mask)
+            return loss_sum, ntok, grads
+
+        def update_step(grads, ntok):
+            grads = tree_map(lambda g: g / ntok, grads)
+            if cfg.max_grad_norm > 0:
+                grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+            optimizer.update(model, grads)
+
+        def eval_step(inputs, targets, mask):
+            return masked_loss(model, inputs, targets, mask)
+
+        # Compiled functions belong to this Trainer, so a new run (or sweep job) never
+        # reuses a graph traced for another model.
+        if cfg.compile:
+            grad_step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(grad_step)
+            update_step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(update_step)
+            eval_step = partial(mx.compile, inputs=compiled_state)(eval_step)
+        self._grad_step, self._update_step, self._eval_step = grad_step, update_step, eval_step
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, samples: list[Sample], max_batches: int = -1) -> float:
+        """Token-weighted mean loss over the split (or its first max_batches batches)."""
+        self.model.eval()
+        batches = length_bucketed_batches(samples, self.cfg.batch_size, self.pad_to_multiple, seed=0)
+        batches.sort(key=lambda b: b.inputs.shape[1])
+        if max_batches > 0:
+            batches = batches[:max_batches]
+        total, count = mx.array(0.0), mx.array(0.0)
+        for batch in batches:
+            loss_sum, ntok = self._eval_step(*_arrays(batch))
+            total, count = total + loss_sum, count + ntok
+            mx.eval(total, count)
+        self.model.train()
+        return (total / count).item() if count.item() > 0 else math.nan
+
+    # ------------------------------------------------------------ training
+
+    def fit(
+        self,
+        train: list[Sample],
+        valid: list[Sample],
+        on_metrics: MetricsCallback,
+        on_save: Callable[[int], None],
+    ) -> dict:
+        cfg = self.cfg
+        mx.reset_peak_memory()
+        self.model.train()
+        batches = iterate_training_batches(train, cfg.batch_size, self.pad_to_multiple, cfg.seed, self.state.step * cfg.grad_accumulation)
+        window = _Window()
+        progress = _progress(cfg.iters, self.state.step)
+        val_loss = math.nan
+        start_step = self.state.step
+        for step in range(start_step + 1, cfg.iters + 1):
+            loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
+            micro = [next(batches) for _ in range(cfg.grad_accumulation)]
+            for batch in micro:
+                ls, nt, g = self._grad_step(*_arrays(batch))
+                loss_sum, ntok = loss_sum + ls, ntok + nt
+                grads = g if grads is None else tree_map(mx.add, grads, g)
+            lr = self.optimizer.learning_rate.item()
+            self._update_step(grads, ntok)
+            mx.eval(loss_sum, ntok, self.model.trainable_parameters(), self.optimizer.state)
+            self.state.step = step
+            loss = loss_sum.item() / max(ntok.item(), 1.0)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the training loss became {loss} at step {step}; usual causes: a learning rate too high "
+                    f"(trainer.learning_rate={cfg.learning_rate}), float16 overflow (use model.dtype=bfloat16 or float32), "
+                    "or bad rows in the data"
+                )
+            window.add(loss_sum.item(), ntok.item(), micro)
+            progress.update(1)
+            if step % cfg.report_every == 0 or step == cfg.iters:
+                metrics = window.flush()
+                metrics.update(learning_rate=lr, peak_memory_gb=mx.get_peak_memory() / 1e9)
+                progress.set_postfix(loss=f"{metrics['train_loss']:.3f}", refresh=False)
+                log.info(
+                    "step %d/%d  train_loss %.4f  lr %.2e  %.0f answer tok/s  %.0f tok/s  pad %.1f%%  peak %.2f GB",
+                    step, cfg.iters, metrics["train_loss"], lr, metrics["tokens_per_s"], metrics["all_tokens_per_s"],
+                    100 * metrics["padding_share"], metrics["peak_memory_gb"],
+                )
+                on_metrics(step, metrics)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.iters:
+                val_loss = self.evaluate(valid, cfg.val_batches)
+                self.state.best_val_loss = min(self.state.best_val_loss, val_loss)
+                log.info("step %d/%d  val_loss %.4f", step, cfg.iters, val_loss)
+                on_metrics(step, {"val_loss": val_loss})
+                window.restart_clock()
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.iters:
+                on_save(step)
+                window.restart_clock()
+        progress.close()
+        totals = window.totals()
+        return {
+            "train_loss": totals["train_loss"],
+            "val_loss": val_loss,
+            "best_val_loss": self.state.best_val_loss,
+            "tokens_per_s": totals["tokens_per_s"],
+            "all_tokens_per_s": totals["all_tokens_per_s"],
+            "padding_share": totals["padding_share"],
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+            "steps": self.state.step,
+        }
+
+
+def _arrays(batch: Batch):
+    return mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask)
+
+
+class _Window:
+    """Loss and throughput since the last report, and over the whole run.
+
+    Time spent evaluating or saving is excluded (restart_clock), so tokens/s is training
+    speed only.
+    """
+
+    def __init__(self):
+        self.loss = self.ntok = self.real = self.padded = 0.0
+        self.all = dict(loss=0.0, ntok=0.0, real=0.0, padded=0.0, seconds=0.0)
+        self.t0 = time.perf_counter()
+
+    def add(self, loss_sum: float, ntok: float, batches: list[Batch]) -> None:
+        self.loss += loss_sum
+        self.ntok += ntok
+        self.real += sum(b.real_tokens for b in batches)
+        self.padded += sum(b.padded_tokens for b in batches)
+
+    def restart_clock(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def flush(self) -> dict:
+        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        metrics = {
+            "train_loss": self.loss / max(self.ntok, 1.0),
+            "tokens_per_s": self.ntok / seconds,
+            "all_tokens_per_s": self.real / seconds,
+            "padding_share": 1.0 - self.real / max(self.padded, 1.0),
+        }
+        for key, value in (("loss", self.loss), ("ntok", self.ntok), ("real", self.real), ("padded", self.padded), ("seconds", seconds)):
+            self.all[key] += value
+        self.loss = self.ntok = self.real = self.padded = 0.0
+        self.t0 = time.perf_counter()
+        return metrics
+
+    def totals(self) -> dict:
+        a, seconds = self.all, max(self.all["seconds"], 1e-9)
+        return {
+            "train_loss": a["loss"] / max(a["ntok"], 1.0),
+            "tokens_per_s": a["ntok"] / seconds,
+            "all_tokens_per_s": a["real"] / seconds,
+            "padding_share": 1.0 - a["real"] / max(a["padded"], 1.0),
+        }
+
+
+def _progress(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not sys.stderr.isatty(), leave=False)
