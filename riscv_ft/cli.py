@@ -6,12 +6,15 @@ on stderr, `error: ...`, and exit code 2: never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
+from riscv_ft import config as config_module
 from riscv_ft.config import ConfigError, register_configs, validate
 from riscv_ft.data.pipeline import DataError
 from riscv_ft.model import ModelLoadError
@@ -48,12 +51,27 @@ def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
     return cfg
 
 
+_UNKNOWN_KEY = re.compile(r"Key '([^']+)' not in '(\w+)'.*?full_key: (\S+)", re.S)
+_BAD_TYPE = re.compile(r"Value '([^']*)' of type '\w+' could not be converted to (\w+).*?full_key: (\S+)", re.S)
+_NO_OPTION = re.compile(r"Could not find '([^'/]+)/([^']+)'\s*Available options in '[^']+':\s*(.*?)\s*Config search path", re.S)
+
+
 def _one_line(err: Exception) -> str:
-    """Hydra's messages span several lines; keep the informative ones on one."""
+    """Hydra's messages span several lines; say the same thing in one, naming key and choices."""
     text = str(err)
     cause = err.__cause__ or err.__context__
     if cause is not None and "full_key" in str(cause):
         text = str(cause)
+    if m := _UNKNOWN_KEY.search(text):
+        schema = getattr(config_module, m.group(2), None)
+        parent = m.group(3).rsplit(".", 1)[0] if "." in m.group(3) else "the top level"
+        known = f"; {parent} has: {', '.join(f.name for f in dataclasses.fields(schema))}" if dataclasses.is_dataclass(schema) else ""
+        return f"unknown key {m.group(3)}{known}"
+    if m := _BAD_TYPE.search(text):
+        return f"{m.group(3)}={m.group(1)!r} is not allowed: expected a value of type {m.group(2).lower()}"
+    if m := _NO_OPTION.search(text):
+        options = [o for o in m.group(3).split() if not o.endswith("_schema")]
+        return f"{m.group(1)}={m.group(2)} is not an option; available: {', '.join(options)}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     keep = [line for line in lines if not line.startswith(("object_type", "Set the environment", "reference_type"))]
     return " ".join(keep)[:400] or type(err).__name__

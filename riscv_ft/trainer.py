@@ -151,6 +151,10 @@ class Trainer:
         progress = _progress(cfg.iters, self.state.step)
         val_loss = math.nan
         start_step = self.state.step
+        if start_step == 0:  # the baseline that later validation losses are compared with
+            val_loss = self.evaluate(valid, cfg.val_batches)
+            log.info("step 0/%d  val_loss %.4f", cfg.iters, val_loss)
+            on_metrics(0, {"val_loss": val_loss})
         for step in range(start_step + 1, cfg.iters + 1):
             loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
             micro = [next(batches) for _ in range(cfg.grad_accumulation)]
