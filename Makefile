@@ -1,0 +1,28 @@
+# Two commands from a fresh clone:
+#   make smoke   set up, then train the tiny model offline on the shipped data (~1 min)
+#   make test    set up, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: setup system-deps smoke test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+setup: system-deps $(VENV)/.installed
+
+smoke: setup
+	$(PY) -m riscv_ft.train experiment=smoke
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) experiments/runs experiments/sweeps test-artifacts
