@@ -131,6 +131,11 @@ class TrainerConfig:
     val_batches: int = -1
     # Save adapters every N steps (and at the end); 0 only at the end.
     save_every: int = 100
+    # Checkpoints kept under RUN/checkpoints (the newest ones, plus the best by val loss).
+    keep_checkpoints: int = 2
+    # Stop when the validation loss has not improved for this many evaluations (0: never)
+    # and keep the best adapter as the final one.
+    early_stopping_patience: int = 0
     seed: int = 0
 
 
@@ -161,6 +166,8 @@ class TrainConfig:
     run_name: Optional[str] = None
     # Where runs are kept (Hydra's run folders go below it).
     experiments_dir: str = "experiments"
+    # A run folder to continue from its newest complete checkpoint, with its saved config.
+    resume: Optional[str] = None
 
 
 def register_configs() -> None:
@@ -206,6 +213,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("trainer.eval_every", lambda v: v >= 0, "an integer >= 0"),
     ("trainer.val_batches", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
     ("trainer.save_every", lambda v: v >= 0, "an integer >= 0"),
+    ("trainer.keep_checkpoints", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.early_stopping_patience", lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),
     ("samples.num_samples", lambda v: v >= 0, "an integer >= 0"),
     ("samples.max_tokens", lambda v: v >= 1, "an integer >= 1"),
 ]

@@ -7,6 +7,7 @@ each job of a sweep). Everything it leaves is in `run_dir`:
     train.log          the log
     train.jsonl, valid.jsonl, test.jsonl   the prepared splits, in mlx-lm's data format
     adapters/          adapters.safetensors + adapter_config.json (mlx_lm.load reads them)
+    checkpoints/       step-NNNNNN/: weights, optimizer and RNG state, to resume exactly
     metrics.json       final figures
     history.jsonl      every reported metric by step
     loss_curve.png     train and validation loss
@@ -24,12 +25,13 @@ import mlx.core as mx
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from riscv_ft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from riscv_ft.config import lora_scale
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, write_splits
 from riscv_ft.inference import generate_answers
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.plots import plot_losses
-from riscv_ft.trainer import Trainer
+from riscv_ft.trainer import Interrupted, Trainer, TrainState
 from riscv_ft.track import environment_tags, flatten, tracked_run
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,13 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Train one run into run_dir; with resume=True, continue from its newest checkpoint."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if not resume:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.trainer.seed)
 
     loaded = load_base(cfg.model)
@@ -76,22 +81,45 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         len(epoch_batches), 100 * derived["data.padding_share_epoch"],
     )
 
+    trainer = Trainer(model, cfg.trainer, cfg.data.pad_to_multiple)
     history: list[dict] = []
+    if checkpoint is not None:
+        load_checkpoint(checkpoint, model, trainer.optimizer)
+        trainer.reseed(checkpoint.step)
+        saved = checkpoint.state
+        trainer.state = TrainState(step=checkpoint.step, best_val_loss=saved["best_val_loss"], best_step=saved["best_step"],
+                                   evals_without_improvement=saved["evals_without_improvement"])
+        history = saved["history"]
+        log.info("Resuming %s from step %d (%s)", run_dir, checkpoint.step, checkpoint.folder.name)
+
     adapters_dir = run_dir / "adapters"
-    with tracked_run(cfg, run_dir, run_name(cfg)) as tracker:
-        tracker.log_params({**flatten(cfg), **derived})
-        tracker.set_tags(environment_tags(run_dir))
-        tracker.log_dataset(data.splits["train"], data.report.source, data.report.digest, cfg.data.name)
+    mlflow_run_id = checkpoint.state.get("mlflow_run_id") if checkpoint else None
+    with tracked_run(cfg, run_dir, run_name(cfg), run_id=mlflow_run_id) as tracker:
+        if checkpoint is None:
+            tracker.log_params({**flatten(cfg), **derived})
+            tracker.set_tags(environment_tags(run_dir))
+            tracker.log_dataset(data.splits["train"], data.report.source, data.report.digest, cfg.data.name)
 
         def on_metrics(step: int, metrics: dict) -> None:
             history.append({"step": step, **metrics})
             tracker.log_metrics(step, metrics)
 
         def on_save(step: int) -> None:
+            state = trainer.state
+            save_checkpoint(
+                run_dir / "checkpoints", step, trainable_parameters(model), trainer.optimizer.state,
+                {"best_val_loss": state.best_val_loss, "best_step": state.best_step,
+                 "evals_without_improvement": state.evals_without_improvement,
+                 "mlflow_run_id": tracker.run_id, "history": history},
+                keep=cfg.trainer.keep_checkpoints,
+            )
             save_adapters(model, adapters_dir, loaded.base_ref, cfg.lora, lora_meta)
 
-        trainer = Trainer(model, cfg.trainer, cfg.data.pad_to_multiple)
-        metrics = trainer.fit(data.samples["train"], data.samples["valid"], on_metrics, on_save)
+        try:
+            metrics = trainer.fit(data.samples["train"], data.samples["valid"], on_metrics, on_save)
+        except Interrupted as stop:
+            log.warning("Stopped (%s); checkpoint saved. Resume with:\n  python -m riscv_ft.train resume=%s", stop, run_dir)
+            raise
         metrics["initial_val_loss"] = next((h["val_loss"] for h in history if "val_loss" in h), None)
 
         samples = answer_samples(model, tokenizer, data.splits["test"] or data.splits["valid"], cfg)

@@ -161,8 +161,10 @@ def load_base(model_cfg: DictConfig) -> LoadedModel:
 def _explain_load_failure(base_ref: str, err: Exception) -> str:
     text = f"{type(err).__name__}: {err}".splitlines()[0][:300]
     looks_like_path = base_ref.startswith(("/", ".", "~")) or os.sep in base_ref and base_ref.count("/") > 1
-    if looks_like_path:
-        where = f"model.path={base_ref!r} is not a model folder ({text})"
+    if looks_like_path and not Path(base_ref).expanduser().exists():
+        where = f"model.path={base_ref!r}: no such folder"
+    elif looks_like_path:
+        where = f"model.path={base_ref!r} is not a model folder that mlx_lm can load ({text})"
     elif any(s in text for s in ("Connection", "resolve", "offline", "Offline", "LocalEntryNotFound", "Max retries")):
         where = f"cannot reach the Hugging Face hub to download {base_ref!r} and it is not cached ({text})"
     else:

@@ -3,9 +3,10 @@
     python -m riscv_ft.train experiment=smoke                 # offline, tiny model, ~1 minute
     python -m riscv_ft.train lora.rank=8 trainer.batch_size=2 # Mistral-7B, 4-bit base
     python -m riscv_ft.train -m lora.rank=4,8,16 trainer.batch_size=2,4
+    python -m riscv_ft.train resume=experiments/runs/RUN      # continue a stopped run
 
 The configuration is checked before any model loads; a bad value ends with one line on
-stderr and exit code 2.
+stderr and exit code 2. Ctrl-C or SIGTERM save a checkpoint and exit with 130.
 """
 
 from riscv_ft.runtime import use_fast_blas
@@ -19,32 +20,90 @@ from pathlib import Path  # noqa: E402
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from riscv_ft.cli import CONF_DIR, USER_ERRORS, fail, preflight  # noqa: E402
-from riscv_ft.config import validate  # noqa: E402
+from riscv_ft.config import ConfigError, TrainConfig, validate  # noqa: E402
+from riscv_ft.trainer import TrainingDiverged  # noqa: E402
 
 log = logging.getLogger("riscv_ft")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool = False) -> float | None:
+    """Run one training job; user errors become one line (exit 2), or a failed job in a sweep."""
     from riscv_ft.experiment import run_experiment
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         validate(cfg)
-        metrics = run_experiment(cfg, run_dir)
-    except USER_ERRORS as err:
+        metrics = run_experiment(cfg, run_dir, resume=resume)
+    except (*USER_ERRORS, TrainingDiverged, MemoryError, RuntimeError) as err:
+        message, code = _explain(err)
         if in_sweep:  # recorded (MLflow run FAILED, log); the other jobs go on
-            log.error("job failed: %s", err)
+            log.error("job failed: %s", message)
             return None
-        fail(str(err))
+        fail(message, code)
     log.info("Run folder: %s", run_dir)
     return metrics.get("val_loss")  # the value a sweeper minimizes
 
 
+def _explain(err: Exception) -> tuple[str, int]:
+    if isinstance(err, USER_ERRORS):
+        return str(err), 2
+    if isinstance(err, TrainingDiverged):
+        return str(err), 1
+    text = str(err)
+    if isinstance(err, MemoryError) or "alloc" in text.lower() or "out of memory" in text.lower():
+        return (
+            f"out of memory ({text.splitlines()[0][:200] if text else 'MemoryError'}); the last checkpoint is kept. "
+            "Try a smaller trainer.batch_size (with trainer.grad_accumulation to keep the effective batch), "
+            "a smaller lora.rank, or trainer.grad_checkpoint=true", 1,
+        )
+    raise err
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    return run_and_report(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+
+
+def resume(argument: str, other_args: list[str]) -> None:
+    """Continue RUN_DIR from its newest complete checkpoint, with the config it was started with."""
+    from riscv_ft.checkpoint import latest_checkpoint
+
+    run_dir = Path(argument).expanduser().resolve()
+    if other_args:
+        fail(f"resume= takes no other arguments (got {' '.join(other_args)}); a resumed run keeps its saved config")
+    if not (run_dir / "config.yaml").is_file():
+        fail(f"resume={argument}: not a run folder (no config.yaml in {run_dir})")
+    if latest_checkpoint(run_dir / "checkpoints") is None:
+        fail(f"resume={argument}: no complete checkpoint under {run_dir / 'checkpoints'}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml"))
+    except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors
+        fail(f"resume={argument}: its config.yaml does not match the schema ({str(err).splitlines()[0]})")
+    formatter = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for handler in (logging.StreamHandler(), logging.FileHandler(run_dir / "train.log")):
+        handler.setFormatter(formatter)
+        logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    run_and_report(cfg, run_dir, in_sweep=False, resume=True)
+
+
+def cli() -> None:
+    args = sys.argv[1:]
+    resume_args = [a for a in args if a.startswith("resume=")]
+    try:
+        if resume_args:
+            resume(resume_args[0].split("=", 1)[1], [a for a in args if a != resume_args[0]])
+        else:
+            preflight(args)
+            main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except ConfigError as err:
+        fail(str(err))
+
+
 if __name__ == "__main__":
-    preflight(sys.argv[1:])
-    main()
+    cli()

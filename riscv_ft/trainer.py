@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 from omegaconf import DictConfig
 
 from riscv_ft.data.pipeline import Batch, Sample, iterate_training_batches, length_bucketed_batches
@@ -72,11 +75,20 @@ def enable_grad_checkpoint(model: nn.Module) -> None:
         layer.__class__ = type(base.__name__, (base,), {"__call__": checkpointed_call, "_riscv_ft_checkpointed": True})
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 @dataclass
 class TrainState:
     step: int = 0
     best_val_loss: float = math.inf
-    history: list = field(default_factory=list)
+    best_step: int = 0
+    evals_without_improvement: int = 0
 
 
 class Trainer:
@@ -87,6 +99,7 @@ class Trainer:
         self.optimizer = optim.AdamW(learning_rate=learning_rate_schedule(trainer_cfg), weight_decay=trainer_cfg.weight_decay)
         self.optimizer.init(model.trainable_parameters())
         self.state = TrainState()
+        self.best_weights: dict | None = None  # kept only for early stopping
         if trainer_cfg.grad_checkpoint:
             enable_grad_checkpoint(model)
         self._build_steps()
@@ -117,6 +130,24 @@ class Trainer:
             eval_step = partial(mx.compile, inputs=compiled_state)(eval_step)
         self._grad_step, self._update_step, self._eval_step = grad_step, update_step, eval_step
 
+    def reseed(self, step: int) -> None:
+        """Reseed the random stream (dropout) from (seed, step) at each checkpoint, so a run
+        resumed from step k draws what the uninterrupted run draws after step k."""
+        mx.random.seed(self.cfg.seed * 1_000_003 + step)
+
+    def _track_best(self, step: int, val_loss: float) -> bool:
+        """Remember the best validation loss; True when early stopping says stop."""
+        if val_loss < self.state.best_val_loss:
+            self.state.best_val_loss, self.state.best_step = val_loss, step
+            self.state.evals_without_improvement = 0
+            if self.cfg.early_stopping_patience:
+                # MLX arrays are immutable: keeping references is a snapshot, not a copy.
+                self.best_weights = dict(tree_flatten(self.model.trainable_parameters()))
+            return False
+        self.state.evals_without_improvement += 1
+        patience = self.cfg.early_stopping_patience
+        return bool(patience) and self.state.evals_without_improvement >= patience
+
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self, samples: list[Sample], max_batches: int = -1) -> float:
@@ -143,6 +174,10 @@ class Trainer:
         on_metrics: MetricsCallback,
         on_save: Callable[[int], None],
     ) -> dict:
+        """Train to trainer.iters (from state.step when resumed).
+
+        Ctrl-C or SIGTERM finish the current step, call on_save, then raise Interrupted.
+        """
         cfg = self.cfg
         mx.reset_peak_memory()
         self.model.train()
@@ -155,45 +190,59 @@ class Trainer:
             val_loss = self.evaluate(valid, cfg.val_batches)
             log.info("step 0/%d  val_loss %.4f", cfg.iters, val_loss)
             on_metrics(0, {"val_loss": val_loss})
-        for step in range(start_step + 1, cfg.iters + 1):
-            loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
-            micro = [next(batches) for _ in range(cfg.grad_accumulation)]
-            for batch in micro:
-                ls, nt, g = self._grad_step(*_arrays(batch))
-                loss_sum, ntok = loss_sum + ls, ntok + nt
-                grads = g if grads is None else tree_map(mx.add, grads, g)
-            lr = self.optimizer.learning_rate.item()
-            self._update_step(grads, ntok)
-            mx.eval(loss_sum, ntok, self.model.trainable_parameters(), self.optimizer.state)
-            self.state.step = step
-            loss = loss_sum.item() / max(ntok.item(), 1.0)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the training loss became {loss} at step {step}; usual causes: a learning rate too high "
-                    f"(trainer.learning_rate={cfg.learning_rate}), float16 overflow (use model.dtype=bfloat16 or float32), "
-                    "or bad rows in the data"
-                )
-            window.add(loss_sum.item(), ntok.item(), micro)
-            progress.update(1)
-            if step % cfg.report_every == 0 or step == cfg.iters:
-                metrics = window.flush()
-                metrics.update(learning_rate=lr, peak_memory_gb=mx.get_peak_memory() / 1e9)
-                progress.set_postfix(loss=f"{metrics['train_loss']:.3f}", refresh=False)
-                log.info(
-                    "step %d/%d  train_loss %.4f  lr %.2e  %.0f answer tok/s  %.0f tok/s  pad %.1f%%  peak %.2f GB",
-                    step, cfg.iters, metrics["train_loss"], lr, metrics["tokens_per_s"], metrics["all_tokens_per_s"],
-                    100 * metrics["padding_share"], metrics["peak_memory_gb"],
-                )
-                on_metrics(step, metrics)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.iters:
-                val_loss = self.evaluate(valid, cfg.val_batches)
-                self.state.best_val_loss = min(self.state.best_val_loss, val_loss)
-                log.info("step %d/%d  val_loss %.4f", step, cfg.iters, val_loss)
-                on_metrics(step, {"val_loss": val_loss})
-                window.restart_clock()
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.iters:
-                on_save(step)
-                window.restart_clock()
+        with _deferred_interrupts() as stop:
+            for step in range(start_step + 1, cfg.iters + 1):
+                loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
+                micro = [next(batches) for _ in range(cfg.grad_accumulation)]
+                for batch in micro:
+                    ls, nt, g = self._grad_step(*_arrays(batch))
+                    loss_sum, ntok = loss_sum + ls, ntok + nt
+                    grads = g if grads is None else tree_map(mx.add, grads, g)
+                mx.eval(loss_sum, ntok, grads)
+                loss = loss_sum.item() / max(ntok.item(), 1.0)
+                if not math.isfinite(loss):  # checked before the update: the weights stay good
+                    raise TrainingDiverged(
+                        f"the training loss became {loss} at step {step}; the last checkpoint is kept. Usual causes: "
+                        f"a learning rate too high (trainer.learning_rate={cfg.learning_rate}), float16 overflow "
+                        "(use model.dtype=bfloat16 or float32), or bad rows in the data"
+                    )
+                lr = self.optimizer.learning_rate.item()
+                self._update_step(grads, ntok)
+                mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+                self.state.step = step
+                window.add(loss_sum.item(), ntok.item(), micro)
+                progress.update(1)
+                if step % cfg.report_every == 0 or step == cfg.iters:
+                    metrics = window.flush()
+                    metrics.update(learning_rate=lr, peak_memory_gb=mx.get_peak_memory() / 1e9)
+                    progress.set_postfix(loss=f"{metrics['train_loss']:.3f}", refresh=False)
+                    log.info(
+                        "step %d/%d  train_loss %.4f  lr %.2e  %.0f answer tok/s  %.0f tok/s  pad %.1f%%  peak %.2f GB",
+                        step, cfg.iters, metrics["train_loss"], lr, metrics["tokens_per_s"], metrics["all_tokens_per_s"],
+                        100 * metrics["padding_share"], metrics["peak_memory_gb"],
+                    )
+                    on_metrics(step, metrics)
+                stop_early = False
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.iters:
+                    val_loss = self.evaluate(valid, cfg.val_batches)
+                    stop_early = self._track_best(step, val_loss)
+                    log.info("step %d/%d  val_loss %.4f", step, cfg.iters, val_loss)
+                    on_metrics(step, {"val_loss": val_loss})
+                    window.restart_clock()
+                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.iters or stop[0] or stop_early:
+                    on_save(step)
+                    self.reseed(step)
+                    window.restart_clock()
+                if stop[0]:
+                    raise Interrupted(f"{stop[0]} at step {step}", step)
+                if stop_early:
+                    log.info("early stopping at step %d: no better validation loss for %d evaluations", step, cfg.early_stopping_patience)
+                    break
+        if self.best_weights is not None and cfg.early_stopping_patience:
+            log.info("restoring the best adapter (step %d, val_loss %.4f)", self.state.best_step, self.state.best_val_loss)
+            self.model.load_weights(list(self.best_weights.items()), strict=False)
+            val_loss = self.state.best_val_loss
+            on_save(self.state.step)
         progress.close()
         totals = window.totals()
         return {
@@ -206,6 +255,32 @@ class Trainer:
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
             "steps": self.state.step,
         }
+
+
+@contextmanager
+def _deferred_interrupts():
+    """Turn the first Ctrl-C or SIGTERM into a request to stop after the current step.
+
+    Yields a one-element list that holds the signal's name once one arrived. A second
+    Ctrl-C interrupts at once.
+    """
+    stop: list = [None]
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum, frame):
+        if stop[0] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop[0] = signal.Signals(signum).name
+        log.warning("%s received: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)", stop[0])
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _arrays(batch: Batch):

@@ -1,0 +1,94 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically.
+
+    RUN/checkpoints/step-000100/
+        adapters.safetensors   trainable weights
+        optimizer.safetensors  AdamW state (moments, step = schedule position)
+        state.json             step, best validation loss, MLflow run id, metric history
+
+The random key cannot be set back in MLX, so the trainer reseeds from (seed, step) at every
+checkpoint instead: a resumed run then draws the same numbers as one left alone.
+
+A checkpoint is written into a hidden temporary folder and renamed into place, so it is
+either complete or absent; `latest_checkpoint` only ever sees complete ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+PREFIX = "step-"
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    step: int
+    state: dict
+
+
+def save_checkpoint(root: Path, step: int, weights: dict, optimizer_state, state: dict, keep: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".tmp-{PREFIX}{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    mx.save_safetensors(str(tmp / "adapters.safetensors"), weights)
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer_state)))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved again (an interrupt right after a save)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _prune(root, keep, best_step=state.get("best_step"))
+    return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _prune(root: Path, keep: int, best_step: int | None) -> None:
+    """Keep the newest `keep` checkpoints and the best one by validation loss."""
+    complete = sorted(list_checkpoints(root), key=lambda p: p.name)
+    protected = {root / f"{PREFIX}{best_step:06d}"} if best_step else set()
+    for folder in complete[:-keep] if keep > 0 else []:
+        if folder not in protected:
+            shutil.rmtree(folder, ignore_errors=True)
+    for stale in root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    return [p for p in root.glob(f"{PREFIX}*") if (p / "state.json").is_file()] if root.is_dir() else []
+
+
+def latest_checkpoint(root: Path) -> Checkpoint | None:
+    folders = sorted(list_checkpoints(root), key=lambda p: p.name)
+    if not folders:
+        return None
+    folder = folders[-1]
+    state = json.loads((folder / "state.json").read_text())
+    return Checkpoint(folder, int(state["step"]), state)
+
+
+def load_checkpoint(checkpoint: Checkpoint, model, optimizer) -> None:
+    """Put weights and optimizer state back as they were at the checkpoint."""
+    model.load_weights(str(checkpoint.folder / "adapters.safetensors"), strict=False)
+    # Leaf by leaf into the initialized state: the compiled training step holds on to these
+    # very containers, and flattening drops the empty ones the optimizer expects.
+    for dotted, value in mx.load(str(checkpoint.folder / "optimizer.safetensors")).items():
+        *path, last = dotted.split(".")
+        node = optimizer.state
+        for part in path:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = value
+    mx.eval(model.parameters(), optimizer.state)
