@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from riscv_ft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from riscv_ft.config import lora_scale
-from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, write_splits
+from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
 from riscv_ft.inference import generate_answers
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.plots import plot_losses
@@ -56,9 +56,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.trainer.seed)
 
+    rows = prepare_rows(cfg.data, cfg.trainer.seed)  # bad data fails before the model loads
+    check_batch_size(rows[0]["train"], cfg.trainer.batch_size)
     loaded = load_base(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
-    data = prepare(cfg.data, tokenizer, cfg.trainer.seed)
+    data = prepare(cfg.data, tokenizer, cfg.trainer.seed, rows)
     write_splits(data.splits, run_dir, cfg.data.prompt_format)
     check_batch_size(data.samples["train"], cfg.trainer.batch_size)
 

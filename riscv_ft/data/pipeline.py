@@ -344,10 +344,11 @@ def length_bucketed_batches(
     return [make_batch([samples[i] for i in group], pad_to_multiple) for group in groups]
 
 
-def check_batch_size(samples: list[Sample], batch_size: int) -> None:
-    if len(samples) < batch_size:
+def check_batch_size(train: list, batch_size: int) -> None:
+    """The training split (rows or samples) must fill at least one batch."""
+    if len(train) < batch_size:
         raise DataError(
-            f"trainer.batch_size={batch_size} is larger than the training split ({len(samples)} samples); "
+            f"trainer.batch_size={batch_size} is larger than the training split ({len(train)} examples); "
             "lower trainer.batch_size"
         )
 
@@ -383,13 +384,21 @@ class PreparedData:
     report: DataReport
 
 
-def prepare(data_cfg: DictConfig, tokenizer, seed: int) -> PreparedData:
+def prepare_rows(data_cfg: DictConfig, seed: int) -> tuple[dict[str, list[dict]], DataReport]:
+    """Load, clean, de-duplicate and split: everything that needs no tokenizer, so bad data
+    fails before a model is loaded."""
     report = DataReport()
     rows = load_rows(data_cfg, seed, report)
     rows = clean_rows(rows, report)
     rows = drop_duplicates(rows, report)
     splits = split_by_description(rows, data_cfg.valid_fraction, data_cfg.test_fraction, seed)
     report.split_sizes = {k: len(v) for k, v in splits.items()}
+    return splits, report
+
+
+def prepare(data_cfg: DictConfig, tokenizer, seed: int, rows: tuple | None = None) -> PreparedData:
+    """The whole pipeline; pass `rows` from prepare_rows to skip loading again."""
+    splits, report = rows or prepare_rows(data_cfg, seed)
     samples = {k: tokenize_split(v, tokenizer, data_cfg, k, report) for k, v in splits.items()}
     if not samples["train"]:
         raise DataError("no training samples left after cleaning and the length limit")
