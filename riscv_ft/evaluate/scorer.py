@@ -1,0 +1,134 @@
+"""Score predicted RISC-V answers against references without a model.
+
+Fields added to each row (see the README of this package, riscv_ft/evaluate/__init__.py):
+
+    reference_class  assembly | mnemonic | pseudo-code | directive | other (reference.py)
+    exact_match      equal after normalizing whitespace, case and commas
+    mnemonic_match   same mnemonic (or directive) per statement; null for pseudo-code/other
+    assembles        the prediction assembles for RV64GC; null unless the reference is assembly
+    same_encoding    prediction and reference assemble to identical machine code (both with the
+                     same options, so `mv a0,a1` and `addi a0,a1,0` are the same instruction);
+                     null when the reference does not assemble
+    functional       same end state from the same random initial states (emulator.py);
+                     false when the prediction does not assemble; null when the reference is
+                     not runnable assembly
+    error            why something failed, else null: the prediction's assembler error or
+                     refusal, "reference does not assemble: ...[; prediction: ...]", or
+                     "not equivalent: from initial state k, <first difference> [reference:
+                     <disassembly>; prediction: <disassembly>]"
+
+Placeholders (`rd`, `imm`, `label`...) are bound to the same concrete operands in reference and
+prediction first (reference.bind_placeholders). Nothing here raises for a bad answer: garbage,
+hostile directives, traps, faults and endless loops all end up in the row's fields.
+
+Not thread-safe: score_rows shares one emulator per process (pass `emulator=` to use another).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from riscv_ft.evaluate.assembler import Assembler, find_assembler
+from riscv_ft.evaluate.emulator import Emulator, disassemble
+from riscv_ft.evaluate.reference import CLASSES, bind_placeholders, classify, mnemonics, normalize
+
+METRICS = ("exact_match", "mnemonic_match", "assembles", "same_encoding", "functional")
+_MNEMONIC_CLASSES = ("assembly", "mnemonic", "directive")
+
+_emulator: Emulator | None = None
+
+
+def _default_emulator() -> Emulator:
+    """One emulator per process: its machine and per-program cache are reused across calls."""
+    global _emulator
+    if _emulator is None:
+        _emulator = Emulator()
+    return _emulator
+
+
+def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
+               emulator: Emulator | None = None) -> list[dict]:
+    """Rows with `reference` and `prediction` -> copies with the metric fields added.
+
+    A row whose reference or prediction is missing or not text raises ValueError (a caller
+    bug, not a bad answer); every property of the answers themselves is a per-row result.
+    """
+    for i, row in enumerate(rows):
+        for key in ("reference", "prediction"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"row {i}: field {key!r} is missing or not a string")
+    asm = find_assembler(assembler)
+    emu = emulator or _default_emulator()
+
+    out: list[dict] = []
+    jobs: list[tuple[dict, str, str]] = []  # (output row, bound reference, bound prediction)
+    for row in rows:
+        ref, pred = row["reference"], row["prediction"]
+        cls = classify(ref)
+        scored: dict[str, Any] = dict(row)
+        scored.update(reference_class=cls, exact_match=normalize(ref) == normalize(pred),
+                      mnemonic_match=None, assembles=None, same_encoding=None, functional=None, error=None)
+        if cls in _MNEMONIC_CLASSES:
+            ref_m, pred_m = mnemonics(ref), mnemonics(pred)
+            # a bare-mnemonic reference matches any prediction that uses that one mnemonic
+            scored["mnemonic_match"] = bool(pred_m) and pred_m == ref_m
+        if cls == "assembly":
+            bound_ref, bound_pred, _ = bind_placeholders(ref, pred)
+            jobs.append((scored, bound_ref, bound_pred))
+        out.append(scored)
+
+    results = asm.assemble_many([t for _, r, p in jobs for t in (r, p)])
+    for k, (scored, _, _) in enumerate(jobs):
+        ref_res, pred_res = results[2 * k], results[2 * k + 1]
+        scored["assembles"] = pred_res.ok
+        if not ref_res.ok:
+            scored["error"] = f"reference does not assemble: {ref_res.error}"
+            if not pred_res.ok:
+                scored["error"] += f"; prediction: {pred_res.error}"
+            continue
+        if not pred_res.ok:
+            scored.update(same_encoding=False, functional=False, error=pred_res.error)
+            continue
+        same = ref_res.program.code == pred_res.program.code
+        scored["same_encoding"] = same
+        if same:  # identical bytes at the same address cannot behave differently
+            scored["functional"] = True
+            continue
+        try:
+            difference = emu.first_difference(pred_res.program, emu.run_all(ref_res.program))
+        except Exception as err:  # noqa: BLE001 - an emulator bug must not end a long evaluation
+            scored["error"] = f"emulator error: {type(err).__name__}: {err}"
+            continue
+        scored["functional"] = difference is None
+        if difference is not None:
+            k_state, detail = difference
+            # the machine code after binding and pseudo-instruction expansion says what ran
+            scored["error"] = (f"not equivalent: from initial state {k_state}, {detail} "
+                               f"[reference: {disassemble(ref_res.program.code)}; "
+                               f"prediction: {disassemble(pred_res.program.code)}]")
+    return out
+
+
+def _block(rows: Iterable[dict]) -> dict[str, Any]:
+    rows = list(rows)
+    block: dict[str, Any] = {"rows": len(rows)}
+    for metric in METRICS:
+        values = [r[metric] for r in rows if r.get(metric) is not None]
+        block[metric] = sum(bool(v) for v in values)
+        block[f"{metric}_n"] = len(values)  # rows the metric applies to: the rate's denominator
+        block[f"{metric}_rate"] = round(block[metric] / len(values), 4) if values else None
+    block["errors"] = sum(1 for r in rows if r.get("error"))
+    return block
+
+
+def summarize(scored_rows: Sequence[dict]) -> dict[str, Any]:
+    """Counts and rates of every metric, overall and per reference class.
+
+    `<metric>` is how many rows were true, `<metric>_n` how many rows it applies to (not
+    null), `<metric>_rate` the ratio (null if it applies to none). exact_match applies to every
+    row; assembles/same_encoding/functional only to assembly references.
+    """
+    summary = _block(scored_rows)
+    summary["classes"] = {cls: _block(r for r in scored_rows if r.get("reference_class") == cls)
+                          for cls in CLASSES}
+    return summary
