@@ -26,7 +26,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from riscv_ft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from riscv_ft.config import lora_scale
+from riscv_ft import distributed
+from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
 from riscv_ft.inference import generate_answers
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
@@ -50,9 +51,15 @@ def seed_everything(seed: int) -> None:
 def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     """Train one run into run_dir; with resume=True, continue from its newest checkpoint."""
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main_process = distributed.is_main()  # only rank 0 writes files and the MLflow run
+    if cfg.trainer.batch_size % distributed.world_size():
+        raise ConfigError(
+            f"trainer.batch_size={cfg.trainer.batch_size} must divide by the number of processes ({distributed.world_size()})"
+        )
     checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
-    if not resume:
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if main_process and not resume:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.trainer.seed)
 
@@ -61,7 +68,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
     loaded = load_base(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     data = prepare(cfg.data, tokenizer, cfg.trainer.seed, rows)
-    write_splits(data.splits, run_dir, cfg.data.prompt_format)
+    if main_process:
+        write_splits(data.splits, run_dir, cfg.data.prompt_format)
     check_batch_size(data.samples["train"], cfg.trainer.batch_size)
 
     seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
@@ -96,7 +104,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
 
     adapters_dir = run_dir / "adapters"
     mlflow_run_id = checkpoint.state.get("mlflow_run_id") if checkpoint else None
-    with tracked_run(cfg, run_dir, run_name(cfg), run_id=mlflow_run_id) as tracker:
+    with tracked_run(cfg, run_dir, run_name(cfg), run_id=mlflow_run_id, enabled=main_process) as tracker:
         if checkpoint is None:
             tracker.log_params({**flatten(cfg), **derived})
             tracker.set_tags(environment_tags(run_dir))
@@ -107,6 +115,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
             tracker.log_metrics(step, metrics)
 
         def on_save(step: int) -> None:
+            if not main_process:
+                return
             state = trainer.state
             save_checkpoint(
                 run_dir / "checkpoints", step, trainable_parameters(model), trainer.optimizer.state,
@@ -120,10 +130,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         try:
             metrics = trainer.fit(data.samples["train"], data.samples["valid"], on_metrics, on_save)
         except Interrupted as stop:
-            log.warning("Stopped (%s); checkpoint saved. Resume with:\n  python -m riscv_ft.train resume=%s", stop, run_dir)
+            if main_process:
+                log.warning("Stopped (%s); checkpoint saved. Resume with:\n  python -m riscv_ft.train resume=%s", stop, run_dir)
             raise
         metrics["initial_val_loss"] = next((h["val_loss"] for h in history if "val_loss" in h), None)
 
+        metrics["processes"] = distributed.world_size()
+        if not main_process:
+            return metrics
         samples = answer_samples(model, tokenizer, data.splits["test"] or data.splits["valid"], cfg)
         metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
         write_outputs(run_dir, metrics, history, samples, run_name(cfg))

@@ -15,6 +15,7 @@ use_fast_blas()  # before MLX is imported anywhere
 
 import logging  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
@@ -22,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from riscv_ft import distributed  # noqa: E402
 from riscv_ft.cli import CONF_DIR, USER_ERRORS, fail, preflight  # noqa: E402
 from riscv_ft.config import ConfigError, TrainConfig, validate  # noqa: E402
 from riscv_ft.trainer import TrainingDiverged  # noqa: E402
@@ -98,6 +100,10 @@ def cli() -> None:
             resume(resume_args[0].split("=", 1)[1], [a for a in args if a != resume_args[0]])
         else:
             preflight(args)
+            if distributed.rank() > 0:
+                # Under mlx.launch only rank 0 keeps a run folder and a log.
+                sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='riscv_ft_rank')}", "hydra.output_subdir=null",
+                             "hydra.job_logging.root.level=WARNING"]
             main()
     except KeyboardInterrupt:
         sys.exit(130)

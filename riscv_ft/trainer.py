@@ -20,9 +20,11 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_flatten, tree_map
 from omegaconf import DictConfig
 
+from riscv_ft import distributed
 from riscv_ft.data.pipeline import Batch, Sample, iterate_training_batches, length_bucketed_batches
 
 log = logging.getLogger(__name__)
@@ -34,15 +36,62 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def masked_loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array):
+def masked_loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, positions: mx.array | None = None):
     """Summed cross-entropy over the tokens the mask keeps, and how many it keeps.
 
     Returning the sum (not the mean) lets micro-batches and data-parallel ranks add up
     exactly and divide once by the total token count.
+
+    `positions` (flat indices into the batch covering every kept position, see
+    `loss_positions`) runs the output layer and the loss at those positions only: with the
+    prompt masked that is a fifth of the batch, and the 32,768-wide output layer and its
+    softmax were most of the tiny model's step (benchmarks/NOTES.md). Same sum, same gradients.
     """
-    logits = model(inputs).astype(mx.float32)
-    losses = nn.losses.cross_entropy(logits, targets) * mask
+    if positions is None:
+        logits = model(inputs)
+    else:
+        logits = _logits_at(model, inputs, positions)
+        targets, mask = targets.reshape(-1)[positions], mask.reshape(-1)[positions]
+    losses = _cross_entropy(logits.astype(mx.float32), targets) * mask
     return losses.sum(), mask.sum()
+
+
+def _logits_at(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:
+    """Logits at flat `positions` of the batch: the transformer runs on every position, the
+    output layer on the selected ones (mlx-lm's llama/mistral models; any other model computes
+    all logits and keeps the selected rows)."""
+    body = getattr(model, "model", None)
+    if getattr(model, "model_type", None) in ("llama", "mistral") and body is not None:
+        hidden = body(inputs)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+        head = getattr(model, "lm_head", None)
+        return head(hidden) if head is not None else body.embed_tokens.as_linear(hidden)
+    logits = model(inputs)
+    return logits.reshape(-1, logits.shape[-1])[positions]
+
+
+def _cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
+    """nn.losses.cross_entropy per row (equal to float32 rounding), built on 2**x.
+
+    MLX's CPU exp (and so logsumexp and softmax) is a scalar polynomial: ~30 ns a value on
+    x86 against ~8 ns for mx.power, and a softmax over 32,768 logits per token was the single
+    biggest cost of a CPU step. The row maximum cancels out of the gradient, so none flows
+    through it.
+    """
+    peak = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
+    total = mx.power(2.0, (logits - peak) * 1.4426950408889634).sum(axis=-1)  # log2(e)
+    picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+    return peak.squeeze(-1) + mx.log(total) - picked
+
+
+def loss_positions(mask: np.ndarray, multiple: int = 8) -> np.ndarray:
+    """Flat indices of the positions `mask` keeps, padded with masked-out positions to a
+    multiple of `multiple` (fewer distinct shapes to compile); padding adds nothing to the loss."""
+    flat = mask.reshape(-1)
+    keep = np.flatnonzero(flat)
+    count = min(-(-max(len(keep), 1) // multiple) * multiple, flat.size)
+    fill = np.flatnonzero(flat == 0)[: count - len(keep)]
+    return np.concatenate([keep, fill]).astype(np.int32)
 
 
 def learning_rate_schedule(trainer: DictConfig):
@@ -109,18 +158,20 @@ class Trainer:
         loss_and_grad = nn.value_and_grad(model, masked_loss)
         compiled_state = [model.state, optimizer.state, mx.random.state]
 
-        def grad_step(inputs, targets, mask):
-            (loss_sum, ntok), grads = loss_and_grad(model, inputs, targets, mask)
+        def grad_step(*batch):  # inputs, targets, mask, loss positions
+            (loss_sum, ntok), grads = loss_and_grad(model, *batch)
             return loss_sum, ntok, grads
 
         def update_step(grads, ntok):
-            grads = tree_map(lambda g: g / ntok, grads)
+            # ntok is the global answer-token count; summing gradients over processes and
+            # dividing once gives exactly the single-process update for the global batch.
+            grads = tree_map(lambda g: distributed.all_sum(g) / ntok, grads)
             if cfg.max_grad_norm > 0:
                 grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
             optimizer.update(model, grads)
 
-        def eval_step(inputs, targets, mask):
-            return masked_loss(model, inputs, targets, mask)
+        def eval_step(*batch):
+            return masked_loss(model, *batch)
 
         # Compiled functions belong to this Trainer, so a new run (or sweep job) never
         # reuses a graph traced for another model.
@@ -154,14 +205,16 @@ class Trainer:
         """Token-weighted mean loss over the split (or its first max_batches batches)."""
         self.model.eval()
         batches = length_bucketed_batches(samples, self.cfg.batch_size, self.pad_to_multiple, seed=0)
-        batches.sort(key=lambda b: b.inputs.shape[1])
         if max_batches > 0:
             batches = batches[:max_batches]
+        # Each process takes every world_size-th batch; one all_sum at the end, so ranks
+        # with fewer batches never wait on a collective the others skip.
         total, count = mx.array(0.0), mx.array(0.0)
-        for batch in batches:
+        for batch in batches[distributed.rank() :: distributed.world_size()]:
             loss_sum, ntok = self._eval_step(*_arrays(batch))
             total, count = total + loss_sum, count + ntok
             mx.eval(total, count)
+        total, count = distributed.all_sum(total), distributed.all_sum(count)
         self.model.train()
         return (total / count).item() if count.item() > 0 else math.nan
 
@@ -181,7 +234,10 @@ class Trainer:
         cfg = self.cfg
         mx.reset_peak_memory()
         self.model.train()
-        batches = iterate_training_batches(train, cfg.batch_size, self.pad_to_multiple, cfg.seed, self.state.step * cfg.grad_accumulation)
+        batches = iterate_training_batches(
+            train, cfg.batch_size, self.pad_to_multiple, cfg.seed, self.state.step * cfg.grad_accumulation,
+            distributed.rank(), distributed.world_size(),
+        )
         window = _Window()
         progress = _progress(cfg.iters, self.state.step)
         val_loss = math.nan
@@ -198,7 +254,11 @@ class Trainer:
                     ls, nt, g = self._grad_step(*_arrays(batch))
                     loss_sum, ntok = loss_sum + ls, ntok + nt
                     grads = g if grads is None else tree_map(mx.add, grads, g)
-                mx.eval(loss_sum, ntok, grads)
+                # Loss, answer tokens, real and padded tokens of the global batch, in one collective.
+                counts = mx.array([sum(b.real_tokens for b in micro), sum(b.padded_tokens for b in micro)], dtype=mx.float32)
+                totals = distributed.all_sum(mx.concatenate([mx.stack([loss_sum, ntok]), counts]))
+                mx.eval(totals, grads)
+                loss_sum, ntok = totals[0], totals[1]
                 loss = loss_sum.item() / max(ntok.item(), 1.0)
                 if not math.isfinite(loss):  # checked before the update: the weights stay good
                     raise TrainingDiverged(
@@ -210,7 +270,7 @@ class Trainer:
                 self._update_step(grads, ntok)
                 mx.eval(self.model.trainable_parameters(), self.optimizer.state)
                 self.state.step = step
-                window.add(loss_sum.item(), ntok.item(), micro)
+                window.add(*totals.tolist())
                 progress.update(1)
                 if step % cfg.report_every == 0 or step == cfg.iters:
                     metrics = window.flush()
@@ -284,7 +344,8 @@ def _deferred_interrupts():
 
 
 def _arrays(batch: Batch):
-    return mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask)
+    positions = loss_positions(batch.mask)
+    return mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask), mx.array(positions)
 
 
 class _Window:
@@ -299,11 +360,11 @@ class _Window:
         self.all = dict(loss=0.0, ntok=0.0, real=0.0, padded=0.0, seconds=0.0)
         self.t0 = time.perf_counter()
 
-    def add(self, loss_sum: float, ntok: float, batches: list[Batch]) -> None:
+    def add(self, loss_sum: float, ntok: float, real: float, padded: float) -> None:
         self.loss += loss_sum
         self.ntok += ntok
-        self.real += sum(b.real_tokens for b in batches)
-        self.padded += sum(b.padded_tokens for b in batches)
+        self.real += real
+        self.padded += padded
 
     def restart_clock(self) -> None:
         self.t0 = time.perf_counter()

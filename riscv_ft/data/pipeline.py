@@ -331,17 +331,25 @@ def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0) -> 
     return Batch(inputs, targets, mask, real)
 
 
-def length_bucketed_batches(
-    samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, epoch: int = 0
-) -> list[Batch]:
-    """One epoch of batches: sorted by length so each batch pads little, batch order shuffled.
-
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
-    """
+def length_buckets(samples: list[Sample], batch_size: int, seed: int, epoch: int = 0) -> list[list[int]]:
+    """One epoch of global batches as sample indices: sorted by length so each batch pads
+    little, then the order of batches shuffled. Depends only on (seed, epoch), so a resumed
+    run sees the same batches."""
     order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), i))
     groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     random.Random(seed * 1_000_003 + epoch).shuffle(groups)
-    return [make_batch([samples[i] for i in group], pad_to_multiple) for group in groups]
+    return groups
+
+
+def length_bucketed_batches(
+    samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, epoch: int = 0,
+    rank: int = 0, world_size: int = 1,
+) -> list[Batch]:
+    """One epoch of padded batches. With several processes each global batch is dealt out:
+    this rank keeps every world_size-th sample from position `rank` (a short last batch may
+    leave a rank nothing)."""
+    shares = [group[rank::world_size] for group in length_buckets(samples, batch_size, seed, epoch)]
+    return [make_batch([samples[i] for i in share], pad_to_multiple) for share in shares if share]
 
 
 def check_batch_size(train: list, batch_size: int) -> None:
@@ -354,18 +362,19 @@ def check_batch_size(train: list, batch_size: int) -> None:
 
 
 def iterate_training_batches(
-    samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, start_step: int = 0
+    samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, start_step: int = 0,
+    rank: int = 0, world_size: int = 1,
 ) -> Iterator[Batch]:
-    """Endless stream of training batches, epoch after epoch, skipping the first start_step."""
+    """Endless stream of this rank's share of each global batch, epoch after epoch, from start_step."""
     check_batch_size(samples, batch_size)
-    # Full batches only: a short last batch would weigh its few samples more.
+    # Full batches only: a short last batch would weigh its few samples more (and would
+    # leave some ranks without a share).
     per_epoch = len(samples) // batch_size
     epoch, skip = divmod(start_step, per_epoch)
     while True:
-        batches = [b for b in length_bucketed_batches(samples, batch_size, pad_to_multiple, seed, epoch)
-                   if b.inputs.shape[0] == batch_size]
-        for batch in batches[skip:]:
-            yield batch
+        groups = [g for g in length_buckets(samples, batch_size, seed, epoch) if len(g) == batch_size]
+        for group in groups[skip:]:
+            yield make_batch([samples[i] for i in group[rank::world_size]], pad_to_multiple)
         skip, epoch = 0, epoch + 1
 
 
