@@ -7,3 +7,13 @@ together for one run by riscv_ft.experiment and started by `python -m riscv_ft.t
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """`from riscv_ft import Assistant` without importing MLX up front (entry points must
+    set up the BLAS before MLX loads)."""
+    if name == "Assistant":
+        from riscv_ft.assistant import Assistant
+
+        return Assistant
+    raise AttributeError(name)

@@ -148,10 +148,18 @@ class TrackingConfig:
 
 
 @dataclass
-class SamplesConfig:
-    # Test prompts answered after training and printed beside their references.
-    num_samples: int = 4
+class EvalConfig:
+    # After training, answer held-out descriptions (batched, greedy) and score the answers
+    # with a real assembler and emulator (riscv_ft.evaluate).
+    enabled: bool = True
+    split: str = "test"
+    # Rows of the split to answer; -1 means all of them.
+    num_rows: int = 64
     max_tokens: int = 64
+    # Answers printed beside their references at the end of a run.
+    print_samples: int = 4
+    # auto, gnu, llvm-mc, clang or zig.
+    assembler: str = "auto"
 
 
 @dataclass
@@ -161,7 +169,7 @@ class TrainConfig:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # Free-form tag shown in the run name and in MLflow.
     run_name: Optional[str] = None
     # Where runs are kept (Hydra's run folders go below it).
@@ -215,8 +223,11 @@ _RULES: list[tuple[str, Any, str]] = [
     ("trainer.save_every", lambda v: v >= 0, "an integer >= 0"),
     ("trainer.keep_checkpoints", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.early_stopping_patience", lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),
-    ("samples.num_samples", lambda v: v >= 0, "an integer >= 0"),
-    ("samples.max_tokens", lambda v: v >= 1, "an integer >= 1"),
+    ("eval.split", lambda v: v in ("test", "valid"), "test or valid"),
+    ("eval.num_rows", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
+    ("eval.max_tokens", lambda v: v >= 1, "an integer >= 1"),
+    ("eval.print_samples", lambda v: v >= 0, "an integer >= 0"),
+    ("eval.assembler", lambda v: v in ("auto", "gnu", "llvm-mc", "clang", "zig"), "one of auto, gnu, llvm-mc, clang, zig"),
 ]
 
 

@@ -11,7 +11,8 @@ each job of a sweep). Everything it leaves is in `run_dir`:
     metrics.json       final figures
     history.jsonl      every reported metric by step
     loss_curve.png     train and validation loss
-    samples.jsonl      test prompts, references and the model's answers
+    eval.jsonl         held-out prompts, references, the model's answers and their scores
+    eval_summary.json  exact match / assembles / functional rates, overall and per class
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from riscv_ft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpo
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
+from riscv_ft.evaluate.model_eval import describe, evaluate_model, headline_metrics, write_evaluation
 from riscv_ft.inference import generate_answers
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.plots import plot_losses
@@ -138,12 +140,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         metrics["processes"] = distributed.world_size()
         if not main_process:
             return metrics
-        samples = answer_samples(model, tokenizer, data.splits["test"] or data.splits["valid"], cfg)
+        scored, summary = evaluate_run(model, tokenizer, data.splits, cfg)
+        if summary:
+            metrics.update(headline_metrics(summary))
+            write_evaluation(run_dir, scored, summary)
         metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
-        write_outputs(run_dir, metrics, history, samples, run_name(cfg))
+        write_outputs(run_dir, metrics, history, run_name(cfg))
         tracker.log_metrics(trainer.state.step, {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
-        tracker.log_table(samples, "samples.json")
-        for name in ("config.yaml", "metrics.json", "history.jsonl", "loss_curve.png", "samples.jsonl", "train.log"):
+        tracker.log_table(scored, "samples.json")
+        for name in ("config.yaml", "metrics.json", "history.jsonl", "loss_curve.png", "eval.jsonl", "eval_summary.json", "train.log"):
             tracker.log_artifact(run_dir / name)
         tracker.log_artifact(adapters_dir, "adapters")
         metrics["mlflow_run_id"] = tracker.run_id
@@ -151,26 +156,33 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
     return metrics
 
 
-def answer_samples(model, tokenizer, rows: list[dict], cfg: DictConfig) -> list[dict]:
-    """Answers for the first few held-out prompts, printed beside their references."""
-    rows = rows[: cfg.samples.num_samples]
+def evaluate_run(model, tokenizer, splits: dict, cfg: DictConfig) -> tuple[list[dict], dict | None]:
+    """Answer and score held-out rows (or, with eval.enabled=false, just a few to print)."""
+    rows = splits[cfg.eval.split] or splits["valid"]
+    count = (len(rows) if cfg.eval.num_rows == -1 else cfg.eval.num_rows) if cfg.eval.enabled else cfg.eval.print_samples
+    rows = rows[:count]
     if not rows:
-        return []
-    answers = generate_answers(model, tokenizer, [r["description"] for r in rows], cfg.data.prompt_format, cfg.samples.max_tokens)
-    samples = [{"prompt": r["description"], "reference": r["instructions"], "generated": a} for r, a in zip(rows, answers)]
-    lines = ["Sample answers on held-out prompts:"]
-    for s in samples:
-        lines += [f"  prompt:    {s['prompt'][:100]}", f"  reference: {s['reference'][:100]}", f"  generated: {s['generated'][:100]}", ""]
+        return [], None
+    if cfg.eval.enabled:
+        scored, summary = evaluate_model(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens, cfg.eval.assembler)
+    else:
+        answers = generate_answers(model, tokenizer, [r["description"] for r in rows], cfg.data.prompt_format, cfg.eval.max_tokens)
+        scored = [{"description": r["description"], "reference": r["instructions"], "prediction": a} for r, a in zip(rows, answers)]
+        summary = None
+    lines = ["Answers on held-out prompts:"]
+    for row in scored[: cfg.eval.print_samples]:
+        verdict = "" if row.get("functional") is None else f"   [functional: {row['functional']}]"
+        lines += [f"  prompt:    {row['description'][:100]}", f"  reference: {row['reference'][:100]}",
+                  f"  generated: {row['prediction'][:100]}{verdict}", ""]
+    if summary:
+        lines.append(describe(summary))
     log.info("\n".join(lines))
-    return samples
+    return scored, summary
 
 
-def write_outputs(run_dir: Path, metrics: dict, history: list[dict], samples: list[dict], title: str) -> None:
+def write_outputs(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(run_dir / "history.jsonl", "w") as f:
         for row in history:
             f.write(json.dumps(row) + "\n")
-    with open(run_dir / "samples.jsonl", "w") as f:
-        for row in samples:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     plot_losses(history, run_dir / "loss_curve.png", title)

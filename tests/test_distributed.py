@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO, run_train
 
 RUN = ["experiment=smoke", "trainer.iters=8", "trainer.batch_size=4", "trainer.eval_every=4",
-       "samples.num_samples=1", "samples.max_tokens=4"]
+       "eval.num_rows=2", "eval.max_tokens=4", "eval.print_samples=1"]
 
 
 def _launcher() -> list[str]:

@@ -18,7 +18,7 @@ from tests.conftest import REPO, run_train
 
 # Dropout on, so the test also covers the random stream after a resume.
 RUN = ["experiment=smoke", "trainer.iters=16", "trainer.save_every=4", "trainer.eval_every=8",
-       "trainer.report_every=2", "lora.dropout=0.1", "samples.num_samples=1", "samples.max_tokens=4"]
+       "trainer.report_every=2", "lora.dropout=0.1", "eval.num_rows=2", "eval.max_tokens=4", "eval.print_samples=1"]
 
 
 def _start(run_dir: Path) -> subprocess.Popen:

@@ -15,7 +15,7 @@ from riscv_ft.trainer import Trainer, enable_grad_checkpoint, masked_loss
 
 
 def test_smoke_run_leaves_a_complete_run_folder(smoke_run):
-    for name in ("config.yaml", "train.log", "metrics.json", "history.jsonl", "loss_curve.png", "samples.jsonl",
+    for name in ("config.yaml", "train.log", "metrics.json", "history.jsonl", "loss_curve.png", "eval.jsonl", "eval_summary.json",
                  "train.jsonl", "valid.jsonl", "test.jsonl", "adapters/adapters.safetensors", "adapters/adapter_config.json"):
         assert (smoke_run / name).is_file(), name
     metrics = json.loads((smoke_run / "metrics.json").read_text())
@@ -23,6 +23,10 @@ def test_smoke_run_leaves_a_complete_run_folder(smoke_run):
         assert isinstance(metrics[key], float) and metrics[key] > 0, key
     # The validation loss falls (the tiny model starts near ln(32768) = 10.4).
     assert metrics["val_loss"] < metrics["initial_val_loss"] - 0.3
+    # The held-out answers were scored by the real assembler: rates exist, rows carry verdicts.
+    assert 0.0 <= metrics["eval_exact_match_rate"] <= 1.0 and "eval_assembles_rate" in metrics
+    scored = [json.loads(line) for line in (smoke_run / "eval.jsonl").read_text().splitlines()]
+    assert scored and all({"prediction", "reference", "assembles", "functional", "reference_class"} <= set(r) for r in scored)
     first = json.loads((smoke_run / "valid.jsonl").read_text().splitlines()[0])
     assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
 

@@ -174,8 +174,8 @@ class Assembler:
             argv = [a.replace("{src}", src).replace("{obj}", obj) for a in self._argv]
             timeout = self.timeout * (1 + source.count("\n") / 30_000)  # default: 30 s + 1 s per 1000 lines
             try:
-                proc = subprocess.run(argv, cwd=tmp, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                      preexec_fn=functools.partial(_limits, self._limit_memory))
+                proc = subprocess.run(_with_limits(argv, self._limit_memory), cwd=tmp, capture_output=True,
+                                      timeout=timeout, stdin=subprocess.DEVNULL)
             except subprocess.TimeoutExpired:
                 return None, f"{self.name}: timed out after {timeout:g} s"
             except OSError as err:
@@ -186,14 +186,17 @@ class Assembler:
             return Path(obj).read_bytes(), ""
 
 
-def _limits(limit_memory: bool) -> None:
-    """Resource limits for the assembler process (runs in the child before exec)."""
-    import resource
+def _with_limits(argv: list[str], limit_memory: bool) -> list[str]:
+    """Run argv under CPU-time, file-size (and address-space) limits.
 
-    resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))
+    Set by the shell, not by a preexec_fn: forking a process that runs MLX and OpenBLAS
+    threads and then running Python in the child can deadlock (seen here: the evaluation
+    after training hung in subprocess start-up).
+    """
+    limits = "ulimit -t 60; ulimit -f 524288; "  # 60 s of CPU; 256-512 MB files (block size varies)
     if limit_memory:
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        limits += "ulimit -v 2097152 2>/dev/null; "  # 2 GB of address space
+    return ["/bin/sh", "-c", limits + 'exec "$@"', "sh", *argv]
 
 
 def _batch_source(group: list[tuple[int, Sanitized]]) -> tuple[str, list]:

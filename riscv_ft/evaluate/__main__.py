@@ -1,0 +1,94 @@
+"""`python -m riscv_ft.evaluate run=RUN_DIR [rows=N] [split=test|valid] [max_tokens=64] [assembler=auto]`
+
+Answers a finished run's held-out split with its model (batched, greedy), scores the answers
+with a real assembler and emulator, prints the summary, writes RUN/eval.jsonl and
+RUN/eval_summary.json, and logs the figures to the run's MLflow run when it has one.
+`run=` also takes an MLflow run id.
+"""
+
+from riscv_ft.runtime import use_fast_blas
+
+use_fast_blas()
+
+import json  # noqa: E402
+import sys  # noqa: E402
+
+from riscv_ft.cli import fail  # noqa: E402
+
+USAGE = __doc__
+
+
+def _split_rows(path) -> list[dict]:
+    """Rows of a split written by the run (mlx-lm chat or prompt/completion format)."""
+    from riscv_ft.data.pipeline import COMPLETION_TEMPLATE
+
+    prefix = COMPLETION_TEMPLATE.split("{description}")[0]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "messages" in record:
+            rows.append({"description": record["messages"][0]["content"], "instructions": record["messages"][1]["content"]})
+        else:
+            rows.append({"description": record["prompt"].removeprefix(prefix).rsplit("\nAssistant:", 1)[0],
+                         "instructions": record["completion"]})
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    from riscv_ft.generate import as_number, parse_args
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    args = parse_args(argv, {"run", "rows", "split", "max_tokens", "assembler"})
+    if "run" not in args:
+        fail("run=RUN_DIR (or an MLflow run id) is required")
+    rows_wanted = as_number(args, "rows", int, 64, low=-1, what="-1 (all) or a positive integer")
+    max_tokens = as_number(args, "max_tokens", int, 64, low=1, what="a positive integer")
+    split = args.get("split", "test")
+    if split not in ("test", "valid", "train"):
+        fail(f"split={split!r} is not allowed: expected test, valid or train")
+
+    from riscv_ft.assistant import AssistantError, load_with_adapter, source_from_run
+    from riscv_ft.evaluate.model_eval import describe, evaluate_model, headline_metrics, write_evaluation
+
+    try:
+        source = source_from_run(args["run"])
+    except AssistantError as err:
+        fail(str(err))
+    split_file = source.run_dir / f"{split}.jsonl"
+    if not split_file.is_file():
+        fail(f"{split_file} not found: the run wrote no {split} split")
+    rows = _split_rows(split_file)
+    rows = rows if rows_wanted == -1 else rows[:rows_wanted]
+    if not rows:
+        fail(f"{split_file} is empty")
+    try:
+        loaded = load_with_adapter(source)
+    except AssistantError as err:
+        fail(str(err))
+    scored, summary = evaluate_model(loaded.model, loaded.tokenizer, rows, source.prompt_format, max_tokens,
+                                     args.get("assembler", "auto"))
+    write_evaluation(source.run_dir, scored, summary)
+    print(describe(summary), file=sys.stderr)
+    if source.mlflow_run_id:
+        _log_to_mlflow(source, scored, summary)
+    print(json.dumps(summary))
+
+
+def _log_to_mlflow(source, scored: list[dict], summary: dict) -> None:
+    """Add the figures, the scored table and the files to the run's own MLflow run."""
+    from riscv_ft.evaluate.model_eval import headline_metrics
+    from riscv_ft.track import tracked_run
+
+    cfg = source.run_config
+    step = json.loads((source.run_dir / "metrics.json").read_text()).get("steps", 0)
+    with tracked_run(cfg, source.run_dir, source.run_dir.name, run_id=source.mlflow_run_id) as tracker:
+        tracker.log_metrics(step, {f"final_{k}": v for k, v in headline_metrics(summary).items()})
+        tracker.log_table(scored, "eval_samples.json")
+        for name in ("eval.jsonl", "eval_summary.json"):
+            tracker.log_artifact(source.run_dir / name)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
