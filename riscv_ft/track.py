@@ -4,6 +4,15 @@ By default runs go to `<project>/mlruns/`: metadata in `mlruns/mlflow.db` (SQLit
 MLflow refuses a plain file store) and artifacts in `mlruns/artifacts/`, both absolute, so
 runs started from any directory land together. `tracking.enabled=false` gives a Tracker
 that does nothing; `tracking.uri` points at any other server.
+
+A training run is one MLflow run (`tracked_run`). A Hydra sweep adds a parent run
+(`start_sweep_run` ... `finish_sweep_run`, driven by riscv_ft.sweep); each job's run finds
+its parent and its place in the sweep through environment variables, so the link holds
+whichever launcher runs the jobs. `get_run`, `child_runs` and `experiment_runs` read runs
+back for the sweep summary and `python -m riscv_ft.compare`.
+
+To browse the project's store, from the project root:
+    mlflow ui --backend-store-uri sqlite:///$PWD/mlruns/mlflow.db
 """
 
 from __future__ import annotations
@@ -13,15 +22,33 @@ import logging
 import os
 import platform
 import subprocess
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from riscv_ft.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Set by the sweep callback around each job; read by tracked_run when it creates the run.
+PARENT_ENV = "RISCV_FT_PARENT_RUN_ID"
+JOB_ENV = "RISCV_FT_SWEEP_JOB"
+OVERRIDES_ENV = "RISCV_FT_SWEEP_OVERRIDES"
+PARENT_TAG = "mlflow.parentRunId"
+JOB_TAG = "riscv_ft.sweep_job"  # the Hydra job number
+OVERRIDES_TAG = "riscv_ft.sweep_overrides"  # JSON list of the job's overrides, "key=value"
+ROLE_TAG = "riscv_ft.role"  # "sweep" on a sweep's parent run
+FAILURE_TAG = "failure_reason"
+
+
+class TrackingError(ConfigError):
+    """MLflow cannot be used as configured. Its message is one line for the user."""
 
 
 def default_store() -> Path:
@@ -51,13 +78,35 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict:
     return flat
 
 
+def _create_default_store() -> None:
+    """Create the SQLite file once, with every artifact root inside mlruns/.
+
+    Left to MLflow, the first client to open a new database roots the Default experiment's
+    artifacts at ./mlruns of whatever directory it was started from.
+    """
+    db = default_store() / "mlflow.db"
+    if db.exists():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(tracking_uri(None), artifact_location())
+    store.engine.dispose()
+
+
 def ensure_experiment(uri: str | None, name: str) -> str:
     """Create (once) the experiment, with artifacts beside the SQLite file when local."""
     import mlflow
 
+    if uri is None:
+        _create_default_store()
     mlflow.set_tracking_uri(tracking_uri(uri))
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or set tracking.experiment_name"
+            )
         return experiment.experiment_id
     location = artifact_location() if uri is None else None
     try:
@@ -111,8 +160,7 @@ class Tracker:
         if self.enabled and rows:
             import mlflow
 
-            columns = {k: [str(r.get(k, "")) for r in rows] for k in rows[0]}
-            mlflow.log_table(columns, artifact_file=name)
+            mlflow.log_table(_columns(rows), artifact_file=name)
 
     def log_dataset(self, rows: list[dict], source: str, digest: str, name: str) -> None:
         if not self.enabled:
@@ -120,7 +168,9 @@ class Tracker:
         import mlflow
         import pandas as pd
 
-        dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=source, name=name, digest=digest)
+        with warnings.catch_warnings():  # MLflow registers its local source twice, then warns it cannot choose
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=_dataset_source(source), name=name, digest=digest)
         mlflow.log_input(dataset, context="training")
 
     def set_tags(self, tags: dict) -> None:
@@ -130,18 +180,39 @@ class Tracker:
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def environment_tags(run_dir: Path) -> dict:
-    import mlx.core as mx
-    import mlx_lm
+def _dataset_source(source: str):
+    """MLflow's source for DataReport.source: 'hf://repo[split]', a file path, or a
+    description of generated data (MLflow rejects hf:// given as a bare string)."""
+    if not source.startswith("hf://"):
+        return source
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
 
+    repo, _, split = source[len("hf://") :].partition("[")
+    return HuggingFaceDatasetSource(path=repo, split=split.rstrip("]") or None)
+
+
+def _columns(rows: list[dict]) -> dict[str, list[str]]:
+    """Rows as the column dict that log_table takes; every key of any row becomes a column."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: ["" if r.get(k) is None else str(r.get(k)) for r in rows] for k in keys}
+
+
+def git_commit() -> str:
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
+    return commit or "unknown"
+
+
+def environment_tags(run_dir: Path) -> dict:
+    import mlx.core as mx
+    import mlx_lm
+
     return {
-        "git_commit": commit or "unknown",
+        "git_commit": git_commit(),
         "mlx_version": mx.__version__,
         "mlx_lm_version": mlx_lm.__version__,
         "device": str(mx.default_device()),
@@ -150,35 +221,204 @@ def environment_tags(run_dir: Path) -> dict:
     }
 
 
+def sweep_tags_from_env() -> dict:
+    """The tags that tie a job's run to its sweep, from what the sweep callback set."""
+    tags = {}
+    for env, tag in ((PARENT_ENV, PARENT_TAG), (JOB_ENV, JOB_TAG), (OVERRIDES_ENV, OVERRIDES_TAG)):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def end_active_run(status: str = "KILLED") -> None:
+    """End any run left active in this process (by an earlier job of a sweep)."""
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run(status)
+
+
 @contextmanager
-def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | None = None) -> Iterator[Tracker]:
+def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | None = None, enabled: bool = True) -> Iterator[Tracker]:
     """An MLflow run around a training run: FINISHED, FAILED (reason tag) or KILLED.
 
     With `run_id`, the existing run is continued (resume).
     """
-    if not cfg.tracking.enabled:
+    if not (cfg.tracking.enabled and enabled):  # enabled=False: a data-parallel rank other than 0
         yield Tracker(None)
         return
     import mlflow
 
     experiment_id = ensure_experiment(cfg.tracking.uri, cfg.tracking.experiment_name)
-    parent = os.environ.get("RISCV_FT_PARENT_RUN_ID")
     # A run id left in the environment would silently become this run's parent.
     os.environ.pop("MLFLOW_RUN_ID", None)
-    while mlflow.active_run():  # a run leaked by an earlier job in this process
-        mlflow.end_run("KILLED")
-    tags = {"mlflow.parentRunId": parent} if parent and not run_id else None
+    end_active_run("KILLED")
+    tags = None if run_id else (sweep_tags_from_env() or None)
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=None if run_id else run_name, tags=tags)
     tracker = Tracker(run)
     try:
         yield tracker
     except KeyboardInterrupt:
-        mlflow.set_tag("failure_reason", "interrupted (Ctrl-C or SIGTERM)")
+        mlflow.set_tag(FAILURE_TAG, "interrupted (Ctrl-C or SIGTERM)")
         mlflow.end_run("KILLED")
         raise
     except BaseException as err:
-        mlflow.set_tag("failure_reason", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.set_tag(FAILURE_TAG, f"{type(err).__name__}: {err}"[:5000])
         mlflow.end_run("FAILED")
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+# ---------------------------------------------------------------- sweeps and reading runs back
+
+
+@dataclass
+class RunRecord:
+    """One MLflow run as the sweep summary and the comparison table read it."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # latest value of each metric
+    tags: dict = field(default_factory=dict)
+
+    @property
+    def job(self) -> int | None:
+        value = self.tags.get(JOB_TAG)
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def overrides(self) -> dict | None:
+        """{key: value} of the job's Hydra overrides, or None for a run outside a sweep."""
+        raw = self.tags.get(OVERRIDES_TAG)
+        if raw is None:
+            return None
+        pairs = (item.split("=", 1) for item in json.loads(raw) if "=" in item)
+        return {key.lstrip("+~"): value for key, value in pairs}
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(
+        run_id=run.info.run_id, name=run.info.run_name or "", status=run.info.status, start_time=run.info.start_time or 0,
+        params=dict(run.data.params), metrics=dict(run.data.metrics), tags=dict(run.data.tags),
+    )
+
+
+def client(uri: str | None, must_exist: bool = False):
+    """An MlflowClient for `uri` (None: the project's store). With must_exist, a missing local
+    store is a TrackingError instead of a new empty database."""
+    from mlflow import MlflowClient
+
+    resolved = tracking_uri(uri)
+    if must_exist and resolved.startswith("sqlite:///") and not Path(resolved[len("sqlite:///") :]).exists():
+        raise TrackingError(f"no MLflow store at {resolved[len('sqlite:///'):]} (set RISCV_FT_MLRUNS or pass a tracking URI)")
+    return MlflowClient(tracking_uri=resolved)
+
+
+def _search(mlflow_client, experiment_ids: list[str], filter_string: str = "") -> list[RunRecord]:
+    records, token = [], None
+    while True:
+        page = mlflow_client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+        records += [_record(r) for r in page]
+        token = page.token
+        if not token:
+            return records
+
+
+def get_run(uri: str | None, run_id: str) -> RunRecord:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _record(client(uri, must_exist=True).get_run(run_id))
+    except MlflowException as err:
+        raise TrackingError(f"no MLflow run {run_id!r} in {tracking_uri(uri)}") from err
+
+
+def child_runs(uri: str | None, parent_id: str) -> list[RunRecord]:
+    """The runs of a sweep's jobs, oldest first."""
+    mlflow_client = client(uri, must_exist=True)
+    experiment_id = mlflow_client.get_run(parent_id).info.experiment_id
+    return _search(mlflow_client, [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'")
+
+
+def experiment_runs(uri: str | None, name: str) -> list[RunRecord]:
+    """Every training run of an experiment (sweep parents left out), oldest first."""
+    mlflow_client = client(uri, must_exist=True)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        raise TrackingError(f"no MLflow experiment {name!r} in {tracking_uri(uri)}")
+    return [r for r in _search(mlflow_client, [experiment.experiment_id]) if r.tags.get(ROLE_TAG) != "sweep"]
+
+
+def latest_sweep(uri: str | None, experiment_name: str) -> RunRecord | None:
+    mlflow_client = client(uri, must_exist=True)
+    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise TrackingError(f"no MLflow experiment {experiment_name!r} in {tracking_uri(uri)}")
+    runs = mlflow_client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1, order_by=["attributes.start_time DESC"])
+    return _record(runs[0]) if runs else None
+
+
+def job_run(uri: str | None, parent_id: str, job: int) -> RunRecord | None:
+    """The run that a sweep's job number `job` created, if it got that far."""
+    mlflow_client = client(uri)
+    experiment_id = mlflow_client.get_run(parent_id).info.experiment_id
+    found = _search(mlflow_client, [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{JOB_TAG}` = '{job}'")
+    return found[-1] if found else None
+
+
+def _log_params(mlflow_client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 90):
+        mlflow_client.log_batch(run_id, params=items[i : i + 90])
+
+
+def start_sweep_run(uri: str | None, experiment_name: str, run_name: str, params: dict, tags: dict) -> str:
+    """Create a sweep's parent run (and the store and experiment, once, before any job starts).
+
+    The parent is never the active run of this process, so a job run in the same process
+    cannot end it or nest under it by accident.
+    """
+    experiment_id = ensure_experiment(uri, experiment_name)
+    mlflow_client = client(uri)
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags={ROLE_TAG: "sweep", **{k: str(v) for k, v in tags.items()}})
+    _log_params(mlflow_client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def record_failed_job(uri: str | None, experiment_name: str, run_name: str, params: dict, tags: dict, reason: str) -> str:
+    """A FAILED run for a sweep job that failed before its own run started (bad data, a
+    model that would not load), so the sweep shows every job."""
+    experiment_id = ensure_experiment(uri, experiment_name)
+    mlflow_client = client(uri)
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags={**{k: str(v) for k, v in tags.items()}, FAILURE_TAG: reason[:5000]})
+    _log_params(mlflow_client, run.info.run_id, params)
+    mlflow_client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def finish_sweep_run(
+    uri: str | None, run_id: str, status: str, *, metrics: dict, tags: dict, table: list[dict], table_name: str, files: list[Path]
+) -> None:
+    """Log a sweep's summary (metrics, tags, a table and files) on its parent run and end it."""
+    import time
+
+    from mlflow.entities import Metric
+
+    mlflow_client = client(uri)
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+    mlflow_client.log_batch(run_id, metrics=values, tags=[])
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, str(value)[:5000])
+    if table:
+        mlflow_client.log_table(run_id, _columns(table), artifact_file=table_name)
+    for path in files:
+        if Path(path).is_file():
+            mlflow_client.log_artifact(run_id, str(path))
+    mlflow_client.set_terminated(run_id, status)
