@@ -32,6 +32,7 @@ from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
 from riscv_ft.evaluate.model_eval import describe, evaluate_model, headline_metrics, write_evaluation
 from riscv_ft.inference import generate_answers
+from riscv_ft.memory import warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.plots import plot_losses
 from riscv_ft.trainer import Interrupted, Trainer, TrainState
@@ -67,6 +68,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
 
     rows = prepare_rows(cfg.data, cfg.trainer.seed)  # bad data fails before the model loads
     check_batch_size(rows[0]["train"], cfg.trainer.batch_size)
+    memory = warn_if_too_big(cfg)  # before loading: say which knobs help if it will not fit
     loaded = load_base(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     data = prepare(cfg.data, tokenizer, cfg.trainer.seed, rows)
@@ -85,6 +87,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         "batches_per_epoch": len(epoch_batches),
         "epochs": round(cfg.trainer.iters * cfg.trainer.grad_accumulation / max(len(epoch_batches), 1), 3),
         "data.padding_share_epoch": round(padding_share(epoch_batches), 4),
+        "memory.estimate_gb": memory["total_gb"],
         **data.report.as_params(),
     }
     log.info(

@@ -1,0 +1,246 @@
+"""How much memory a training configuration needs, estimated before anything is loaded.
+
+    estimate_memory_gb(cfg)  ->  {"weights_gb", "lora_gb", "activations_gb", "logits_gb",
+                                   "overhead_gb", "total_gb", "model_config", ...}
+    warn_if_too_big(cfg)     logs a warning naming the two changes that save the most, when the
+                             estimate exceeds the memory this machine has available
+
+The model's shape comes from its config.json when it is on disk (a local folder or the
+Hugging Face cache), from the `tiny` section for the tiny model, and otherwise from the
+known numbers of Mistral-7B-Instruct-v0.3. The parts:
+
+* weights: every parameter at the configured width; quantized layers (all linear layers and
+  the embedding, as mlx-lm quantizes them) at `bits` plus a scale and a bias per group.
+* LoRA: the adapter parameters in float32 with their gradients and AdamW's two moments
+  (16 bytes each); full fine-tuning: gradients and moments for every weight.
+* activations: batch x seq x hidden x layers x factor, the factor counting what the backward
+  pass keeps per token and layer: 13 values per hidden unit, 6 per MLP unit and 1.5 per
+  attention head and key (factor = 13 + 6 x intermediate/hidden + 1.5 x heads x seq/hidden).
+  With gradient checkpointing each block keeps only its input, and while a block is
+  recomputed about two blocks' worth of activations exist.
+* logits: batch x seq x vocabulary, about the compute dtype's width plus 8 bytes each (the
+  float32 copy, the softmax and its gradient). An upper bound: riscv_ft's loop computes them
+  at answer positions only.
+
+The coefficients were fitted to measured peaks (benchmarks/NOTES.md): the tiny model in
+float32 on the CPU with two MLP widths and two sequence lengths, with and without
+checkpointing, fixed the per-value counts; Mistral-7B with LoRA on all seven kinds of linear
+layer, batch 4 x 256 tokens on an H200 (32.0 GB with a bf16 base, 22.0 GB with a 4-bit one),
+fixed the bytes a value takes in a half-precision run (3.3: some intermediates stay float32).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# config.json of mistralai/Mistral-7B-Instruct-v0.3 (the fields used here): 7.25B parameters.
+MISTRAL_7B = {
+    "model_type": "mistral",
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": False,
+}
+# Values the backward pass keeps per token and layer, per hidden unit / MLP unit / head x key.
+KEPT_PER_HIDDEN, KEPT_PER_MLP, KEPT_PER_HEAD_KEY = 13.0, 6.0, 1.5
+CHECKPOINT_BLOCKS = 2.1  # blocks' worth of activations alive while one is recomputed
+ACTIVATION_BYTES = {"float32": 4.0, "bfloat16": 3.3, "float16": 3.3}
+OVERHEAD_GB = 0.5  # Python, MLX, mlflow, tokenizer, data: 0.3 GB RSS measured before a model loads, plus room
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GB = 1e9
+
+
+def model_config(model_cfg: DictConfig) -> tuple[dict, str]:
+    """The model's config.json as a dict, and where it came from. Never downloads."""
+    if model_cfg.source == "tiny":
+        t = model_cfg.tiny
+        config = {"hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers,
+                  "intermediate_size": t.intermediate_size, "num_attention_heads": t.num_attention_heads,
+                  "num_key_value_heads": t.num_key_value_heads, "vocab_size": 32768, "tie_word_embeddings": False}
+        return config, "the tiny model's settings"
+    folder = Path(str(model_cfg.path)).expanduser()
+    candidates = [folder / "config.json"] if folder.is_dir() else []
+    if not candidates:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(model_cfg.path), "config.json")
+            if isinstance(cached, str):
+                candidates.append(Path(cached))
+        except Exception:  # noqa: BLE001 - an id the hub client rejects is simply not cached
+            pass
+    for path in candidates:
+        try:
+            return json.loads(path.read_text()), str(path)
+        except (OSError, ValueError):
+            continue
+    known = "mistral-7b" in str(model_cfg.path).lower()
+    return dict(MISTRAL_7B), "known Mistral-7B numbers" if known else "assumed Mistral-7B (config.json not on disk)"
+
+
+def _linear_shapes(c: dict) -> dict[str, tuple[int, int]]:
+    """(in, out) of each linear layer kind inside one transformer block."""
+    hidden, inter = c["hidden_size"], c["intermediate_size"]
+    heads = c["num_attention_heads"]
+    kv = c.get("num_key_value_heads") or heads
+    head_dim = c.get("head_dim") or hidden // heads
+    return {
+        "q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv * head_dim), "v_proj": (hidden, kv * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden),
+    }
+
+
+def estimate_memory_gb(cfg: DictConfig) -> dict:
+    """Memory a training run of this configuration needs at its longest batch, in GB."""
+    c, source = model_config(cfg.model)
+    hidden, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+    heads = c["num_attention_heads"]
+    shapes = _linear_shapes(c)
+    dtype_bytes = _BYTES.get(str(cfg.model.dtype), 2)
+
+    block_linear = sum(i * o for i, o in shapes.values())
+    embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2)
+    norms = (2 * layers + 1) * hidden
+    params = layers * block_linear + embeddings + norms
+
+    # Pre-quantized checkpoints say so in config.json; otherwise quantize-on-load settings apply.
+    quant = c.get("quantization") or c.get("quantization_config")
+    if quant and "bits" in quant:
+        bits, group = quant["bits"], quant.get("group_size", 64)
+    elif cfg.model.quantize.enabled:
+        bits, group = cfg.model.quantize.bits, cfg.model.quantize.group_size
+    else:
+        bits, group = None, None
+    quantized = layers * block_linear + embeddings
+    if bits:
+        weight_bytes = quantized * (bits / 8 + 2 * dtype_bytes / group) + norms * dtype_bytes
+    else:
+        weight_bytes = params * dtype_bytes
+
+    lora = cfg.lora
+    if lora.fine_tune_type == "full":
+        trainable = params
+        train_bytes = params * dtype_bytes * 3  # gradients + two AdamW moments, same dtype as the weights
+    else:
+        adapted = layers if lora.num_layers == -1 else min(lora.num_layers, layers)
+        per_block = sum(lora.rank * (shapes[k][0] + shapes[k][1]) for k in lora.targets if k in shapes)
+        if lora.fine_tune_type == "dora":
+            per_block += sum(shapes[k][1] for k in lora.targets if k in shapes)  # magnitude vectors
+        trainable = adapted * per_block
+        train_bytes = trainable * 16  # float32 weight, gradient, two AdamW moments
+
+    batch, seq = cfg.trainer.batch_size, cfg.data.max_seq_length
+    tokens = batch * seq
+    value_bytes = ACTIVATION_BYTES.get(str(cfg.model.dtype), 3.3)
+    kept = KEPT_PER_HIDDEN * hidden + KEPT_PER_MLP * c["intermediate_size"] + KEPT_PER_HEAD_KEY * heads * seq
+    per_layer = tokens * kept * value_bytes
+    if cfg.trainer.grad_checkpoint:
+        activation_bytes = layers * tokens * hidden * dtype_bytes + CHECKPOINT_BLOCKS * per_layer
+    else:
+        activation_bytes = layers * per_layer
+    logits_bytes = tokens * vocab * (dtype_bytes + 8)
+
+    parts = {
+        "weights_gb": weight_bytes / GB,
+        "lora_gb": train_bytes / GB,
+        "activations_gb": activation_bytes / GB,
+        "logits_gb": logits_bytes / GB,
+        "overhead_gb": OVERHEAD_GB,
+    }
+    result = {k: round(v, 3) for k, v in parts.items()}
+    result.update(
+        total_gb=round(sum(parts.values()), 3),
+        parameters=params,
+        trainable_parameters=trainable,
+        weight_bits=bits or dtype_bytes * 8,
+        tokens_per_batch=tokens,
+        model_config=source,
+    )
+    return result
+
+
+def machine_memory_gb() -> dict:
+    """Total and available memory (Linux /proc/meminfo; elsewhere sysconf), and on Apple
+    silicon Metal's recommended working set, which is what the GPU may use."""
+    out: dict = {"total_gb": None, "available_gb": None}
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        out["total_gb"] = int(fields["MemTotal"].split()[0]) * 1024 / GB
+        out["available_gb"] = int(fields["MemAvailable"].split()[0]) * 1024 / GB
+    except (OSError, KeyError, ValueError):
+        try:
+            out["total_gb"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
+        except (ValueError, OSError, AttributeError):
+            pass
+    try:
+        import mlx.core as mx
+
+        if mx.metal.is_available():
+            out["gpu_working_set_gb"] = mx.metal.device_info()["max_recommended_working_set_size"] / GB
+    except Exception:  # noqa: BLE001 - no Metal, or an MLX without device_info
+        pass
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def memory_limit_gb() -> float | None:
+    """What a run may use here: the GPU working set on Apple silicon, else available memory."""
+    m = machine_memory_gb()
+    return m.get("gpu_working_set_gb") or m["available_gb"] or m["total_gb"]
+
+
+def _changed(cfg: DictConfig, key: str, value) -> DictConfig:
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.update(copy, key, value)
+    return copy
+
+
+def savings_gb(cfg: DictConfig) -> list[tuple[str, float]]:
+    """(override, GB it saves) for each change that would lower the estimate, best first."""
+    total = estimate_memory_gb(cfg)["total_gb"]
+    options = []
+    if cfg.trainer.batch_size > 1:
+        options.append(("trainer.batch_size", max(cfg.trainer.batch_size // 2, 1)))
+    if not cfg.trainer.grad_checkpoint:
+        options.append(("trainer.grad_checkpoint", True))
+    if cfg.lora.fine_tune_type != "full" and cfg.lora.rank > 1:
+        options.append(("lora.rank", max(cfg.lora.rank // 2, 1)))
+    if cfg.model.source != "tiny" and not cfg.model.quantize.enabled:
+        options.append(("model.quantize.enabled", True))
+    saved = [(f"{k}={str(v).lower() if isinstance(v, bool) else v}", total - estimate_memory_gb(_changed(cfg, k, v))["total_gb"])
+             for k, v in options]
+    return sorted((s for s in saved if s[1] > 0), key=lambda s: -s[1])
+
+
+def warn_if_too_big(cfg: DictConfig, limit_gb: float | None = None) -> dict:
+    """Estimate; if the estimate exceeds `limit_gb` (default: what this machine has available),
+    log a warning that names the two changes saving the most. Returns the estimate with
+    `limit_gb` and `too_big` added."""
+    estimate = estimate_memory_gb(cfg)
+    limit = limit_gb if limit_gb is not None else memory_limit_gb()
+    estimate["limit_gb"] = limit
+    estimate["too_big"] = bool(limit and estimate["total_gb"] > limit)
+    if estimate["too_big"]:
+        best = savings_gb(cfg)[:2]
+        advice = " or ".join(f"{k} (saves {gb:.1f} GB)" for k, gb in best) or "a smaller model"
+        log.warning(
+            "This run needs about %.1f GB but %.1f GB is available (weights %.1f, LoRA and optimizer %.1f, "
+            "activations %.1f, logits %.1f GB; model shape from %s). What helps most: %s.",
+            estimate["total_gb"], limit, estimate["weights_gb"], estimate["lora_gb"], estimate["activations_gb"],
+            estimate["logits_gb"], estimate["model_config"], advice,
+        )
+    return estimate
