@@ -101,3 +101,53 @@ def preflight(argv: list[str]) -> None:
         fail(str(err))
     except Exception as err:  # noqa: BLE001 - override syntax errors
         fail(_one_line(err))
+
+
+# ---------------------------------------------------------------- key=value arguments
+# (generate, export, evaluate: small commands that do not need Hydra)
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_args(argv: list[str], allowed: set[str]) -> dict[str, str]:
+    """key=value arguments; a bad or unknown one ends the program with one line."""
+    args: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.strip().lstrip("+")
+        if not sep or not key:
+            fail(f"expected key=value, got {arg!r} (keys: {', '.join(sorted(allowed))}; --help for more)")
+        if key not in allowed:
+            fail(f"unknown option {key!r}; expected one of {', '.join(sorted(allowed))}")
+        if key in args:
+            fail(f"{key}= given twice")
+        args[key] = value
+    return args
+
+
+def as_bool(args: dict, key: str, default: bool = False) -> bool:
+    value = args.get(key)
+    if value is None:
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    fail(f"{key}={value!r} is not allowed: expected true or false")
+
+
+def as_number(args: dict, key: str, kind, default, low=None, high=None, what: str = ""):
+    value = args.get(key)
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or (low is not None and number < low) or (high is not None and number > high):
+        fail(f"{key}={value!r} is not allowed: expected {what}")
+    return number
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help", "help") for a in argv)

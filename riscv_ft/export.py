@@ -48,8 +48,8 @@ from pathlib import Path  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from riscv_ft.assistant import EXPORT_RECORD  # noqa: E402
-from riscv_ft.cli import fail  # noqa: E402
-from riscv_ft.generate import as_bool, as_number, parse_args, require_model, source_from_args, wants_help  # noqa: E402
+from riscv_ft.cli import as_bool, as_number, fail, parse_args, wants_help  # noqa: E402
+from riscv_ft.generate import require_model, source_from_args  # noqa: E402
 
 KEYS = {"run", "adapter", "model", "out", "force", "dequantize", "gguf", "verify", "prompt_format", "dtype", "tracking_uri"}
 GGUF_FILE = "model.gguf"

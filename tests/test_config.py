@@ -1,6 +1,5 @@
 """Every shipped config composes; every bad value fails before any model loads, in one line."""
 
-from pathlib import Path
 
 import pytest
 

@@ -13,7 +13,7 @@ use_fast_blas()
 import json  # noqa: E402
 import sys  # noqa: E402
 
-from riscv_ft.cli import fail  # noqa: E402
+from riscv_ft.cli import as_number, fail, parse_args, wants_help  # noqa: E402
 
 USAGE = __doc__
 
@@ -35,9 +35,7 @@ def _split_rows(path) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    from riscv_ft.generate import as_number, parse_args
-
-    if any(a in ("-h", "--help") for a in argv):
+    if wants_help(argv):
         print(USAGE)
         return
     args = parse_args(argv, {"run", "rows", "split", "max_tokens", "assembler"})
@@ -50,7 +48,7 @@ def main(argv: list[str]) -> None:
         fail(f"split={split!r} is not allowed: expected test, valid or train")
 
     from riscv_ft.assistant import AssistantError, load_with_adapter, source_from_run
-    from riscv_ft.evaluate.model_eval import describe, evaluate_model, headline_metrics, write_evaluation
+    from riscv_ft.evaluate.model_eval import describe, evaluate_model, write_evaluation
 
     try:
         source = source_from_run(args["run"])
