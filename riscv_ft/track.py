@@ -32,6 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from riscv_ft.config import ConfigError
 
+# MLflow's client and server report usage to an outside host by default; a training tool that
+# runs offline should not try. Set MLFLOW_DISABLE_TELEMETRY=false to allow it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
