@@ -35,6 +35,7 @@ from riscv_ft.inference import generate_answers
 from riscv_ft.memory import warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.plots import plot_losses
+from riscv_ft.runtime import INSTALL_HINT, blas_in_use
 from riscv_ft.trainer import Interrupted, Trainer, TrainState
 from riscv_ft.track import environment_tags, flatten, tracked_run
 
@@ -65,6 +66,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
     if main_process and not resume:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.trainer.seed)
+    if main_process:
+        log.info("MLX %s on %s; BLAS: %s", mx.__version__, mx.default_device(), blas_in_use())
+        if "bundled" in blas_in_use():
+            log.warning("MLX's bundled reference BLAS is about 30x slower than OpenBLAS: %s", INSTALL_HINT)
 
     rows = prepare_rows(cfg.data, cfg.trainer.seed)  # bad data fails before the model loads
     check_batch_size(rows[0]["train"], cfg.trainer.batch_size)
