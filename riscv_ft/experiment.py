@@ -30,8 +30,7 @@ from riscv_ft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpo
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
-from riscv_ft.evaluate.model_eval import describe, evaluate_model, headline_metrics, write_evaluation
-from riscv_ft.inference import generate_answers
+from riscv_ft.evaluate.model_eval import answer_rows, describe, evaluate_model, headline_metrics, write_evaluation
 from riscv_ft.memory import warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.plots import plot_losses
@@ -174,9 +173,7 @@ def evaluate_run(model, tokenizer, splits: dict, cfg: DictConfig) -> tuple[list[
     if cfg.eval.enabled:
         scored, summary = evaluate_model(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens, cfg.eval.assembler)
     else:
-        answers = generate_answers(model, tokenizer, [r["description"] for r in rows], cfg.data.prompt_format, cfg.eval.max_tokens)
-        scored = [{"description": r["description"], "reference": r["instructions"], "prediction": a} for r, a in zip(rows, answers)]
-        summary = None
+        scored, summary = answer_rows(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens), None
     lines = ["Answers on held-out prompts:"]
     for row in scored[: cfg.eval.print_samples]:
         verdict = "" if row.get("functional") is None else f"   [functional: {row['functional']}]"

@@ -185,3 +185,14 @@ def test_too_long_samples_are_truncated_or_dropped_and_counted(tiny, tmp_path):
         lengths = [len(s.tokens) for split in data.samples.values() for s in split]
         assert max(lengths) <= 64
         assert (len(lengths) == 40) == (mode == "truncate")
+
+
+@pytest.mark.parametrize("prompt_format", ["chat", "completion"])
+def test_written_splits_read_back_as_the_same_rows(tmp_path, prompt_format):
+    from riscv_ft.data.pipeline import read_split, write_splits
+
+    rows = [{"description": "Adds a1 and a2 into a0.", "instructions": "add a0, a1, a2"},
+            {"description": "Loads 5 into t0,\nthen clears a0.", "instructions": "li t0, 5\nli a0, 0"}]
+    write_splits({"train": rows, "valid": [], "test": rows[:1]}, tmp_path, prompt_format)
+    assert read_split(tmp_path / "train.jsonl") == rows
+    assert read_split(tmp_path / "test.jsonl") == rows[:1]

@@ -427,3 +427,17 @@ def write_splits(splits: dict[str, list[dict]], folder: Path, prompt_format: str
         with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(to_record(row, prompt_format), ensure_ascii=False) + "\n")
+
+
+def read_split(path: Path) -> list[dict]:
+    """Rows {description, instructions} of a split that write_splits wrote (either format)."""
+    prefix = COMPLETION_TEMPLATE.split("{description}")[0]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "messages" in record:
+            rows.append({"description": record["messages"][0]["content"], "instructions": record["messages"][1]["content"]})
+        else:
+            rows.append({"description": record["prompt"].removeprefix(prefix).rsplit("\nAssistant:", 1)[0],
+                         "instructions": record["completion"]})
+    return rows

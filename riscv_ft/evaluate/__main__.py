@@ -18,22 +18,6 @@ from riscv_ft.cli import as_number, fail, parse_args, wants_help  # noqa: E402
 USAGE = __doc__
 
 
-def _split_rows(path) -> list[dict]:
-    """Rows of a split written by the run (mlx-lm chat or prompt/completion format)."""
-    from riscv_ft.data.pipeline import COMPLETION_TEMPLATE
-
-    prefix = COMPLETION_TEMPLATE.split("{description}")[0]
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "messages" in record:
-            rows.append({"description": record["messages"][0]["content"], "instructions": record["messages"][1]["content"]})
-        else:
-            rows.append({"description": record["prompt"].removeprefix(prefix).rsplit("\nAssistant:", 1)[0],
-                         "instructions": record["completion"]})
-    return rows
-
-
 def main(argv: list[str]) -> None:
     if wants_help(argv):
         print(USAGE)
@@ -48,6 +32,7 @@ def main(argv: list[str]) -> None:
         fail(f"split={split!r} is not allowed: expected test, valid or train")
 
     from riscv_ft.assistant import AssistantError, load_with_adapter, source_from_run
+    from riscv_ft.data.pipeline import read_split
     from riscv_ft.evaluate.model_eval import describe, evaluate_model, write_evaluation
 
     try:
@@ -57,7 +42,7 @@ def main(argv: list[str]) -> None:
     split_file = source.run_dir / f"{split}.jsonl"
     if not split_file.is_file():
         fail(f"{split_file} not found: the run wrote no {split} split")
-    rows = _split_rows(split_file)
+    rows = read_split(split_file)
     rows = rows if rows_wanted == -1 else rows[:rows_wanted]
     if not rows:
         fail(f"{split_file} is empty")

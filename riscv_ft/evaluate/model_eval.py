@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from riscv_ft.evaluate.assembler import AssemblerNotFound
+from riscv_ft.evaluate.reference import normalize
 from riscv_ft.evaluate.scorer import score_rows, summarize
 from riscv_ft.inference import generate_answers
 
@@ -19,24 +20,25 @@ log = logging.getLogger(__name__)
 HEADLINE = ("exact_match_rate", "mnemonic_match_rate", "assembles_rate", "same_encoding_rate", "functional_rate")
 
 
+def answer_rows(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
+                batch_size: int = 32) -> list[dict]:
+    """Each row's description answered: {description, reference, prediction}, the scorer's input."""
+    answers = generate_answers(model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens, batch_size)
+    return [{"description": r["description"], "reference": r["instructions"], "prediction": a} for r, a in zip(rows, answers)]
+
+
 def evaluate_model(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
                    assembler: str = "auto", batch_size: int = 32) -> tuple[list[dict], dict]:
     """Answer each row's description and score the answer against its instructions."""
-    answers = generate_answers(model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens, batch_size)
-    pairs = [{"description": r["description"], "reference": r["instructions"], "prediction": a} for r, a in zip(rows, answers)]
+    pairs = answer_rows(model, tokenizer, rows, prompt_format, max_tokens, batch_size)
     try:
         scored = score_rows(pairs, assembler=assembler)
     except AssemblerNotFound as err:
         # Still useful without an assembler: exact match needs none.
         log.warning("no RISC-V assembler (%s); scoring exact match only", str(err).splitlines()[0])
-        scored = [{**p, "exact_match": _normalized(p["reference"]) == _normalized(p["prediction"])} for p in pairs]
-    return scored, summarize(scored) if scored and "reference_class" in scored[0] else _exact_only(scored)
-
-
-def _normalized(text: str) -> str:
-    from riscv_ft.evaluate.reference import normalize
-
-    return normalize(text)
+        scored = [{**p, "exact_match": normalize(p["reference"]) == normalize(p["prediction"])} for p in pairs]
+        return scored, _exact_only(scored)
+    return scored, summarize(scored)
 
 
 def _exact_only(scored: list[dict]) -> dict:
