@@ -42,6 +42,9 @@ class TinyConfig:
     num_attention_heads: int = 8
     num_key_value_heads: int = 2
     intermediate_size: int = 512
+    # Mistral 7B's RoPE base. With 32-wide heads and prompts of ~50 tokens most of its
+    # frequencies barely turn; 10000 gives a from-scratch model finer positions.
+    rope_theta: float = 1000000.0
     # Seed of the random initial weights: same seed, same model, same cache folder.
     seed: int = 0
 
@@ -89,6 +92,8 @@ class DataConfig:
     path: Optional[str] = None
     # Rows generated when source=synthetic.
     synthetic_rows: int = 3000
+    # Longest generated sequence (1-3 instructions); 1 gives single instructions only.
+    synthetic_max_instructions: int = 3
     # Shares of distinct descriptions held out; the split is by description, so no
     # description appears in two splits.
     valid_fraction: float = 0.1
@@ -195,6 +200,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("model.quantize.group_size", lambda v: v in (32, 64, 128), "32, 64 or 128"),
     ("model.tiny.hidden_size", lambda v: v >= 16, "an integer >= 16"),
     ("model.tiny.num_hidden_layers", lambda v: v >= 1, "an integer >= 1"),
+    ("model.tiny.rope_theta", lambda v: v > 1, "a number > 1"),
     ("lora.fine_tune_type", lambda v: v in ("lora", "dora", "full"), "one of lora, dora, full"),
     ("lora.rank", lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
     ("lora.alpha", lambda v: v > 0 and math.isfinite(v), "a number > 0"),
@@ -203,6 +209,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("lora.num_layers", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
     ("data.source", lambda v: v in ("hub", "file", "synthetic"), "one of hub, file, synthetic"),
     ("data.synthetic_rows", lambda v: v >= 10, "an integer >= 10"),
+    ("data.synthetic_max_instructions", lambda v: 1 <= v <= 3, "1, 2 or 3"),
     ("data.valid_fraction", lambda v: 0.0 < v < 0.5, "a number in (0, 0.5)"),
     ("data.test_fraction", lambda v: 0.0 <= v < 0.5, "a number in [0, 0.5)"),
     ("data.prompt_format", lambda v: v in ("chat", "completion"), "one of chat, completion"),

@@ -27,6 +27,16 @@ def test_deterministic_by_seed():
     assert synthetic_rows(300, seed=1, verify=False) == synthetic_rows(300, seed=1, verify=False)
     assert synthetic_rows(300, seed=1, verify=False) != synthetic_rows(300, seed=2, verify=False)
     assert synthetic_rows(50, seed=1, verify=False) == synthetic_rows(300, seed=1, verify=False)[:50]
+    # max_instructions=3 is the default and draws exactly what it always drew
+    assert synthetic_rows(300, seed=1, verify=False, max_instructions=3) == synthetic_rows(300, seed=1, verify=False)
+
+
+@pytest.mark.parametrize("longest", [1, 2])
+def test_max_instructions_caps_sequence_length(longest):
+    rows = synthetic_rows(600, seed=4, verify=False, max_instructions=longest)
+    assert {r["instructions"].count("\n") + 1 for r in rows} == set(range(1, longest + 1))
+    with pytest.raises(ValueError, match="max_instructions"):
+        synthetic_rows(10, seed=0, max_instructions=4)
 
 
 def test_shape_and_length(rows):

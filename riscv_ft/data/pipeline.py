@@ -69,8 +69,9 @@ def load_rows(data_cfg: DictConfig, seed: int, report: DataReport) -> list[dict]
     elif source == "synthetic":
         from riscv_ft.data.synthetic import synthetic_rows
 
-        rows = synthetic_rows(data_cfg.synthetic_rows, seed=seed)
-        report.source = f"synthetic(rows={data_cfg.synthetic_rows}, seed={seed})"
+        rows = synthetic_rows(data_cfg.synthetic_rows, seed=seed, max_instructions=data_cfg.synthetic_max_instructions)
+        report.source = (f"synthetic(rows={data_cfg.synthetic_rows}, seed={seed}, "
+                         f"max_instructions={data_cfg.synthetic_max_instructions})")
     else:
         rows = _load_hub(data_cfg.hub_id, data_cfg.hub_split, report)
         report.source = f"hf://{data_cfg.hub_id}[{data_cfg.hub_split}]"

@@ -364,8 +364,9 @@ def _fmt_imm(op: str, value: int) -> str:
 
 
 class _Generator:
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, max_instructions: int = 3):
         self.rng = random.Random(seed)
+        self.lengths = [n for n in (2, 2, 3) if n <= max_instructions]
 
     def reg_name(self, reg: int, xnames: bool) -> str:
         return f"x{reg}" if xnames else _ABI[reg]
@@ -416,7 +417,7 @@ class _Generator:
     def sample(self) -> Sample:
         rng = self.rng
         xnames = rng.random() < 0.1
-        n = 1 if rng.random() < 0.6 else rng.choice([2, 2, 3])
+        n = 1 if rng.random() < 0.6 or not self.lengths else rng.choice(self.lengths)
         for _attempt in range(20):  # re-draw the rare sequence whose description runs long
             written: set[int] = set()
             pointers: set[int] = set()
@@ -499,15 +500,19 @@ def verify_samples(samples: list[Sample], assembler="auto", states_per_sample: i
                              + "; ".join(failures[:3]))
 
 
-def synthetic_rows(num_rows: int, seed: int, verify: bool = True, assembler="auto") -> list[dict]:
-    """`num_rows` {"description", "instructions"} pairs, deterministic for `seed`.
+def synthetic_rows(num_rows: int, seed: int, verify: bool = True, assembler="auto",
+                   max_instructions: int = 3) -> list[dict]:
+    """`num_rows` {"description", "instructions"} pairs, deterministic for `seed`; sequences
+    have at most `max_instructions` (1-3) instructions.
 
     verify=True assembles and runs every pair (needs a RISC-V assembler: see
     riscv_ft.evaluate.assembler.find_assembler) and raises SyntheticError if any is wrong.
     """
     if num_rows < 0:
         raise ValueError("num_rows must be >= 0")
-    gen = _Generator(seed)
+    if max_instructions not in (1, 2, 3):
+        raise ValueError("max_instructions must be 1, 2 or 3")
+    gen = _Generator(seed, max_instructions)
     samples = [gen.sample() for _ in range(num_rows)]
     if verify and samples:
         verify_samples(samples, assembler=assembler, seed=seed)
@@ -518,12 +523,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m riscv_ft.data.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-instructions", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-verify", action="store_true", help="skip assembling and running each pair")
     parser.add_argument("--assembler", default="auto")
     args = parser.parse_args(argv)
     try:
-        rows = synthetic_rows(args.rows, args.seed, verify=not args.no_verify, assembler=args.assembler)
+        rows = synthetic_rows(args.rows, args.seed, verify=not args.no_verify, assembler=args.assembler,
+                              max_instructions=args.max_instructions)
     except (SyntheticError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
