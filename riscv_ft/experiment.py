@@ -94,10 +94,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         "memory.estimate_gb": memory["total_gb"],
         **data.report.as_params(),
     }
+    method = (cfg.lora.fine_tune_type if cfg.lora.fine_tune_type == "full"
+              else f"{cfg.lora.fine_tune_type}, rank {cfg.lora.rank}, scale {derived['lora.scale']:.3g}")
     log.info(
-        "Model %s: %d trainable parameters (%s, rank %d, scale %.3g); %d batches per epoch, padding %.1f%%",
-        loaded.base_ref, n_trainable, cfg.lora.fine_tune_type, cfg.lora.rank, derived["lora.scale"],
-        len(epoch_batches), 100 * derived["data.padding_share_epoch"],
+        "Model %s: %d trainable parameters (%s); %d batches per epoch, padding %.1f%%",
+        loaded.base_ref, n_trainable, method, len(epoch_batches), 100 * derived["data.padding_share_epoch"],
     )
 
     trainer = Trainer(model, cfg.trainer, cfg.data.pad_to_multiple)
@@ -177,8 +178,10 @@ def evaluate_run(model, tokenizer, splits: dict, cfg: DictConfig) -> tuple[list[
     lines = ["Answers on held-out prompts:"]
     for row in scored[: cfg.eval.print_samples]:
         verdict = "" if row.get("functional") is None else f"   [functional: {row['functional']}]"
-        lines += [f"  prompt:    {row['description'][:100]}", f"  reference: {row['reference'][:100]}",
-                  f"  generated: {row['prediction'][:100]}{verdict}", ""]
+        # multi-line answers stay in their column
+        lines += [f"  prompt:    {row['description'][:100]}",
+                  "  reference: " + row["reference"][:100].replace("\n", "\n             "),
+                  "  generated: " + row["prediction"][:100].replace("\n", "\n             ") + verdict, ""]
     if summary:
         lines.append(describe(summary))
     log.info("\n".join(lines))

@@ -352,11 +352,13 @@ class _Window:
     """Loss and throughput since the last report, and over the whole run.
 
     Time spent evaluating or saving is excluded (restart_clock), so tokens/s is training
-    speed only.
+    speed only. The run's train_loss is the last report's: an average over the whole run
+    would mostly measure the first steps.
     """
 
     def __init__(self):
         self.loss = self.ntok = self.real = self.padded = 0.0
+        self.last_loss: float | None = None
         self.all = dict(loss=0.0, ntok=0.0, real=0.0, padded=0.0, seconds=0.0)
         self.t0 = time.perf_counter()
 
@@ -381,12 +383,13 @@ class _Window:
             self.all[key] += value
         self.loss = self.ntok = self.real = self.padded = 0.0
         self.t0 = time.perf_counter()
+        self.last_loss = metrics["train_loss"]
         return metrics
 
     def totals(self) -> dict:
         a, seconds = self.all, max(self.all["seconds"], 1e-9)
         return {
-            "train_loss": a["loss"] / max(a["ntok"], 1.0),
+            "train_loss": self.last_loss if self.last_loss is not None else a["loss"] / max(a["ntok"], 1.0),
             "tokens_per_s": a["ntok"] / seconds,
             "all_tokens_per_s": a["real"] / seconds,
             "padding_share": 1.0 - a["real"] / max(a["padded"], 1.0),

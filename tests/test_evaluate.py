@@ -3,8 +3,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_train
 
 
 def test_evaluate_a_finished_run_writes_scored_rows_and_a_summary(smoke_run):
@@ -28,3 +29,22 @@ def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_tiny_demo_preset_trains_and_scores_synthetic_pairs(tmp_path):
+    """The offline demo's path at a few steps: demo-shaped tiny model, full fine-tune, verified
+    synthetic pairs, and every held-out reference scored as runnable assembly."""
+    run = tmp_path / "demo"
+    result = run_train("experiment=tiny_demo", "data.synthetic_rows=300", "trainer.iters=3", "trainer.eval_every=3",
+                       "trainer.save_every=3", "eval.num_rows=8", "eval.max_tokens=8", "tracking.enabled=false",
+                       f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and 0.0 <= metrics["eval_functional_rate"] <= 1.0
+    adapter = json.loads((run / "adapters" / "adapter_config.json").read_text())
+    assert adapter["fine_tune_type"] == "full"
+    model_config = json.loads((Path(adapter["model"]) / "config.json").read_text())
+    assert (model_config["num_key_value_heads"], model_config["intermediate_size"]) == (8, 1024)
+    scored = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert len(scored) == 8 and all(r["reference_class"] == "assembly" for r in scored)
+    assert all(r["functional"] in (True, False) for r in scored)

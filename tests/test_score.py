@@ -41,6 +41,13 @@ PAIRS = [
     ("addw a0, a1, a2", "add a0, a1, a2", dict(functional=False)),
     ("lw rd, offset(rs1)", "lwu rd, offset(rs1)", dict(functional=False)),
     ("sub rd, rs1, rs2", "sub rd, rs2, rs1", dict(functional=False)),
+    # compares against a near-by immediate differ only next to it: boundary states must catch them
+    ("slti s3, s9, 32", "slti s3, s9, 29", dict(assembles=True, functional=False)),
+    ("sltiu a0, a1, 100", "sltiu a0, a1, 101", dict(functional=False)),
+    ("sltiu a0, a1, 1", "seqz a0, a1", dict(same_encoding=True, functional=True)),
+    ("slti a0, a1, 0", "sltz a0, a1", dict(functional=True)),
+    ("li a0, 5", "addi a0, zero, 5", dict(same_encoding=True, functional=True)),
+    ("slti a0, a1, 5", "slti a0, a1, 6\nxori a0, a0, 0", dict(functional=False)),
     # different instruction, same result
     ("slli a0, a1, 1", "add a0, a1, a1", dict(same_encoding=False, functional=True)),
     ("ret", "jalr x0, 0(ra)", dict(functional=True)),

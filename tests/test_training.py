@@ -21,6 +21,9 @@ def test_smoke_run_leaves_a_complete_run_folder(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     for key in ("train_loss", "val_loss", "tokens_per_s", "peak_memory_gb", "padding_share"):
         assert isinstance(metrics[key], float) and metrics[key] > 0, key
+    # train_loss is the end of training (the last report), not an average over the run
+    reports = [json.loads(line) for line in (smoke_run / "history.jsonl").read_text().splitlines()]
+    assert metrics["train_loss"] == [r for r in reports if "train_loss" in r][-1]["train_loss"]
     # The validation loss falls (the tiny model starts near ln(32768) = 10.4).
     assert metrics["val_loss"] < metrics["initial_val_loss"] - 0.3
     # The held-out answers were scored by the real assembler: rates exist, rows carry verdicts.

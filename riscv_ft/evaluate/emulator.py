@@ -28,7 +28,7 @@ import hashlib
 import random
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from unicorn import (UC_ARCH_RISCV, UC_ERR_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_INVALID, UC_MODE_RISCV64,
                      UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
@@ -175,6 +175,22 @@ def random_states(count: int = DEFAULT_STATES, seed: int = 20240611) -> list[Ini
     return states
 
 
+def boundary_states(constants: Iterable[int], like: InitialState, limit: int = 8) -> list[InitialState]:
+    """States whose integer registers all hold c-1, c or c+1 for each constant c of a program.
+
+    Random 64-bit values almost never land next to a compare's immediate, so `slti a0, a1, 29`
+    and `slti a0, a1, 32` agree from every random state; a register holding 30 tells them
+    apart. Registers all equal cannot hide a difference that the random states show, they only
+    add one: two equivalent programs agree from every state. FP registers and memory come from
+    `like`."""
+    values: list[int] = []
+    for c in list(dict.fromkeys(constants))[:limit]:
+        for v in (c - 1, c, c + 1):
+            if v & _MASK not in values:
+                values.append(v & _MASK)
+    return [InitialState((0,) + (v,) * 31, like.f, like.memory, like.mscratch) for v in values]
+
+
 # ------------------------------------------------------------------ the machine
 
 class _Machine:
@@ -313,6 +329,15 @@ class Emulator:
         cached = self._cache.get((program.code, program.target))
         for k, (state, want) in enumerate(zip(self.states, expected)):
             got = cached[k] if cached else self.run(program, state, _cache_state=True)
+            if got != want:
+                return k, describe_difference(want, got)
+        return None
+
+    def difference_from(self, reference: Program, program: Program,
+                        states: Sequence[InitialState]) -> tuple[int, str] | None:
+        """Like first_difference, on extra states (not cached) for both programs."""
+        for k, state in enumerate(states):
+            want, got = self.run(reference, state), self.run(program, state)
             if got != want:
                 return k, describe_difference(want, got)
         return None

@@ -9,7 +9,9 @@ Fields added to each row (see the README of this package, riscv_ft/evaluate/__in
     same_encoding    prediction and reference assemble to identical machine code (both with the
                      same options, so `mv a0,a1` and `addi a0,a1,0` are the same instruction);
                      null when the reference does not assemble
-    functional       same end state from the same random initial states (emulator.py);
+    functional       same end state from the same random initial states (emulator.py), and
+                     from states whose registers sit next to each constant either program
+                     uses (so `slti a0, a1, 29` is not taken for `slti a0, a1, 32`);
                      false when the prediction does not assemble; null when the reference is
                      not runnable assembly
     error            why something failed, else null: the prediction's assembler error or
@@ -26,16 +28,24 @@ Not thread-safe: score_rows shares one emulator per process (pass `emulator=` to
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Sequence
 
 from riscv_ft.evaluate.assembler import Assembler, find_assembler
-from riscv_ft.evaluate.emulator import Emulator, disassemble
+from riscv_ft.evaluate.emulator import Emulator, boundary_states, disassemble
 from riscv_ft.evaluate.reference import CLASSES, bind_placeholders, classify, mnemonics, normalize
 
 METRICS = ("exact_match", "mnemonic_match", "assembles", "same_encoding", "functional")
 _MNEMONIC_CLASSES = ("assembly", "mnemonic", "directive")
 
 _emulator: Emulator | None = None
+# An integer operand: not the digits of a register name (x10, s1) or of a label.
+_CONSTANT = re.compile(r"(?<![\w.])[-+]?(?:0x[0-9a-f]+|\d+)\b", re.IGNORECASE)
+
+
+def constants(text: str) -> list[int]:
+    """The integer literals of an assembly text, in order of appearance."""
+    return [int(m.group(0), 0) for m in _CONSTANT.finditer(text)]
 
 
 def _default_emulator() -> Emulator:
@@ -78,7 +88,7 @@ def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
         out.append(scored)
 
     results = asm.assemble_many([t for _, r, p in jobs for t in (r, p)])
-    for k, (scored, _, _) in enumerate(jobs):
+    for k, (scored, bound_ref, bound_pred) in enumerate(jobs):
         ref_res, pred_res = results[2 * k], results[2 * k + 1]
         scored["assembles"] = pred_res.ok
         if not ref_res.ok:
@@ -96,6 +106,11 @@ def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
             continue
         try:
             difference = emu.first_difference(pred_res.program, emu.run_all(ref_res.program))
+            literals = constants(bound_ref) + constants(bound_pred)
+            if difference is None and literals:
+                extra = emu.difference_from(ref_res.program, pred_res.program,
+                                            boundary_states(literals, like=emu.states[-1]))
+                difference = extra and (len(emu.states) + extra[0], extra[1])
         except Exception as err:  # noqa: BLE001 - an emulator bug must not end a long evaluation
             scored["error"] = f"emulator error: {type(err).__name__}: {err}"
             continue
