@@ -1,11 +1,12 @@
 # Two commands from a fresh clone:
 #   make smoke   set up, then train the tiny model offline on the shipped data (~1 min)
 #   make test    set up, then run the test suite
+# and make demo: set up, then the offline demo that learns (experiment=tiny_demo, ~11 min here)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup system-deps smoke test clean
+.PHONY: setup system-deps smoke demo test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ setup: system-deps $(VENV)/.installed
 
 smoke: setup
 	$(PY) -m riscv_ft.train experiment=smoke
+
+demo: setup
+	$(PY) -m riscv_ft.train experiment=tiny_demo
 
 test: setup
 	$(PY) -m pytest -q

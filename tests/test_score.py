@@ -4,12 +4,15 @@ and a real emulator: hand-checked pairs, hostile answers, batching, the CLI and 
 from __future__ import annotations
 
 import json
+import random
+import re
 import subprocess
 import sys
 import time
 
 import pytest
 
+from riscv_ft.data.synthetic import synthetic_rows
 from riscv_ft.evaluate.assembler import AssemblerNotFound, available_assemblers, find_assembler
 from riscv_ft.evaluate.reference import classify, normalize
 from riscv_ft.evaluate.sanitize import Refused, sanitize
@@ -48,6 +51,12 @@ PAIRS = [
     ("slti a0, a1, 0", "sltz a0, a1", dict(functional=True)),
     ("li a0, 5", "addi a0, zero, 5", dict(same_encoding=True, functional=True)),
     ("slti a0, a1, 5", "slti a0, a1, 6\nxori a0, a0, 0", dict(functional=False)),
+    # every register meets random 64- and 32-bit values, not only pointers and small numbers
+    ("sraiw a4, s3, 24", "sraiw a4, s3, 25", dict(functional=False)),
+    # a store's base points into memory in every state, so what follows it is compared too
+    ("sb s3, 11(s8)\nsraiw s11, s2, 30", "sb s3, 11(s8)\nsraiw s11, s2, 29", dict(functional=False)),
+    # a result overwritten before the end is dead: same end state
+    ("slliw t2, s5, 10\nsgtz t2, t5", "sgtz t2, t5", dict(functional=True)),
     # different instruction, same result
     ("slli a0, a1, 1", "add a0, a1, a1", dict(same_encoding=False, functional=True)),
     ("ret", "jalr x0, 0(ra)", dict(functional=True)),
@@ -84,6 +93,21 @@ def test_hand_checked_pairs(reference, prediction, expected):
     assert got == expected, row["error"]
     if row["functional"] is False and row["assembles"]:
         assert row["error"].startswith("not equivalent"), row["error"]
+
+
+def test_an_immediate_off_by_one_is_never_functional():
+    """Mutating one immediate of a verified single instruction by +-1 always changes what it
+    does (no RV64IM immediate has a don't-care bit), so the scorer must never call it right."""
+    rng, pairs = random.Random(0), []
+    for row in synthetic_rows(600, seed=5, verify=False, max_instructions=1):
+        ref = row["instructions"]
+        literals = list(re.finditer(r"(?<![\w.])-?(?:0x[0-9a-f]+|\d+)\b", ref))
+        if literals:
+            m = rng.choice(literals)
+            pairs.append({"reference": ref, "prediction": f"{ref[:m.start()]}{int(m.group(0), 0) + rng.choice([1, -1])}{ref[m.end():]}"})
+    scored = [r for r in score_rows(pairs) if r["assembles"]]
+    assert len(scored) > 150
+    assert [r["prediction"] for r in scored if r["functional"]] == []
 
 
 def test_equivalence_needs_several_states():

@@ -41,7 +41,7 @@ CODE_SIZE = 0x10000
 DATA_BASE = 0x80000
 DATA_SIZE = 0x4000
 MAX_STEPS = 10_000
-DEFAULT_STATES = 6  # enough that e.g. slt vs sltu or add vs addw differ in at least one
+DEFAULT_STATES = 10  # see random_states; a wrong answer usually stops at the first or second
 MSTATUS_FS = 3 << 13  # FP unit on ("dirty"); with FS=0 every F/D instruction is illegal
 
 _TRAPS = {0: "instruction address misaligned", 1: "instruction access fault", 2: "illegal instruction",
@@ -143,10 +143,17 @@ def random_register_value(rng: random.Random) -> int:
     if kind < 0.75:
         return rng.randint(-100, 100) & _MASK
     if kind < 0.9:  # values at the edges of 32/64-bit arithmetic
-        return rng.choice([0, 1, -1, 2, 1 << 63, (1 << 63) - 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
-                           -(1 << 31), 0xFF, 0x8000, 63, 64]) & _MASK
+        return rng.choice(_EDGE_VALUES) & _MASK
+    return _random_word(rng)
+
+
+_EDGE_VALUES = [0, 1, -1, 2, 1 << 63, (1 << 63) - 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, -(1 << 31), 0xFF, 0x8000, 63, 64]
+
+
+def _random_word(rng: random.Random) -> int:
+    """A sign-extended random 32-bit value, as the W instructions leave them."""
     v = rng.getrandbits(32)
-    return (v - (1 << 32) if v & 0x80000000 else v) & _MASK  # a sign-extended 32-bit value
+    return (v - (1 << 32) if v & 0x80000000 else v) & _MASK
 
 
 def random_fp_value(rng: random.Random) -> int:
@@ -163,20 +170,31 @@ def random_fp_value(rng: random.Random) -> int:
 
 
 def random_states(count: int = DEFAULT_STATES, seed: int = 20240611) -> list[InitialState]:
-    """`count` deterministic initial states. State 0 points every register into the data
-    region (so any load or store works); the others mix pointers, random 64-bit values, small
-    and edge values, so signed/unsigned and 32/64-bit variants tell apart."""
+    """`count` deterministic initial states.
+
+    State 0 points every register into the data region (so any load or store works). Then, so
+    that every register meets every kind of value (with values drawn per register, a register
+    that drew only pointers and small numbers lets `sraiw a0, a1, 24` pass for `... 25`):
+    state 1 holds random 64-bit values everywhere, state 2 sign-extended random 32-bit values,
+    state 3 small and edge values; the rest mix pointers, random, small, edge and 32-bit values,
+    so signed/unsigned and 32/64-bit variants tell apart.
+    """
     rng = random.Random(seed)
+    kinds = [lambda: pointer(rng), lambda: rng.getrandbits(64), lambda: _random_word(rng),
+             lambda: rng.choice(_EDGE_VALUES) if rng.random() < 0.5 else rng.randint(-100, 100)]
     states = []
     for k in range(count):
-        x = [0] + [pointer(rng) if k == 0 else random_register_value(rng) for _ in range(31)]
+        draw = kinds[k] if k < len(kinds) else (lambda: random_register_value(rng))
+        x = [0] + [draw() & _MASK for _ in range(31)]
         f = [random_fp_value(rng) for _ in range(32)]
         states.append(InitialState(tuple(x), tuple(f), rng.randbytes(DATA_SIZE), rng.getrandbits(64)))
     return states
 
 
-def boundary_states(constants: Iterable[int], like: InitialState, limit: int = 8) -> list[InitialState]:
-    """States whose integer registers all hold c-1, c or c+1 for each constant c of a program.
+def boundary_states(constants: Iterable[int], like: InitialState, keep: Iterable[int] = (),
+                    limit: int = 8) -> list[InitialState]:
+    """States whose integer registers all hold c-1, c or c+1 for each constant c of a program
+    (except the registers in `keep`, such as load and store bases, which hold `like`'s values).
 
     Random 64-bit values almost never land next to a compare's immediate, so `slti a0, a1, 29`
     and `slti a0, a1, 32` agree from every random state; a register holding 30 tells them
@@ -188,7 +206,9 @@ def boundary_states(constants: Iterable[int], like: InitialState, limit: int = 8
         for v in (c - 1, c, c + 1):
             if v & _MASK not in values:
                 values.append(v & _MASK)
-    return [InitialState((0,) + (v,) * 31, like.f, like.memory, like.mscratch) for v in values]
+    keep = set(keep)
+    return [InitialState(tuple(like.x[i] if i in keep else (0 if i == 0 else v) for i in range(32)),
+                         like.f, like.memory, like.mscratch) for v in values]
 
 
 # ------------------------------------------------------------------ the machine
@@ -308,26 +328,45 @@ class Emulator:
         self.states = list(states) if states is not None else random_states()
         self.max_steps = max_steps
         self._machine = _Machine()
-        self._cache: dict[tuple[bytes, int], tuple[FinalState, ...]] = {}
+        self._cache: dict[tuple[bytes, int, frozenset], tuple[FinalState, ...]] = {}
         self._cache_size = cache_size
+        self._pointer_states: dict[frozenset[int], list[InitialState]] = {}
 
-    def run_all(self, program: Program) -> tuple[FinalState, ...]:
-        """The end state from each of self.states (cached by machine code)."""
-        key = (program.code, program.target)
+    def states_for(self, pointers: frozenset[int] = frozenset()) -> list[InitialState]:
+        """self.states with the integer registers in `pointers` holding pointers into the data
+        region (state 0's, rotated per state): a load or store's base register that holds random
+        bits traps in both programs, and a state where both trap tells nothing."""
+        if not pointers:
+            return self.states
+        hit = self._pointer_states.get(pointers)
+        if hit is None:
+            ptr = self.states[0].x
+            hit = [InitialState(tuple(ptr[(i + k - 1) % 31 + 1] if i in pointers else v for i, v in enumerate(st.x)),
+                                st.f, st.memory, st.mscratch) for k, st in enumerate(self.states)]
+            if len(self._pointer_states) >= 256:
+                self._pointer_states.clear()
+            self._pointer_states[pointers] = hit
+        return hit
+
+    def run_all(self, program: Program, pointers: frozenset[int] = frozenset()) -> tuple[FinalState, ...]:
+        """The end state from each of states_for(pointers) (cached by machine code)."""
+        key = (program.code, program.target, pointers)
         hit = self._cache.get(key)
         if hit is None:
-            hit = tuple(self.run(program, s, _cache_state=True) for s in self.states)
+            hit = tuple(self.run(program, s, _cache_state=True) for s in self.states_for(pointers))
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()  # simple bound; scoring runs rarely exceed it
             self._cache[key] = hit
         return hit
 
-    def first_difference(self, program: Program, expected: Sequence[FinalState]) -> tuple[int, str] | None:
-        """Run `program` state by state against `expected` (another program's run_all) and stop
-        at the first state where it ends differently: (state index, what differs), or None.
-        A wrong answer usually shows in state 0, so most mismatches cost one run, not six."""
-        cached = self._cache.get((program.code, program.target))
-        for k, (state, want) in enumerate(zip(self.states, expected)):
+    def first_difference(self, program: Program, expected: Sequence[FinalState],
+                         pointers: frozenset[int] = frozenset()) -> tuple[int, str] | None:
+        """Run `program` state by state against `expected` (another program's run_all with the
+        same pointers) and stop at the first state where it ends differently: (state index,
+        what differs), or None. A wrong answer usually shows in state 0 or 1, so most
+        mismatches cost one or two runs, not ten."""
+        cached = self._cache.get((program.code, program.target, pointers))
+        for k, (state, want) in enumerate(zip(self.states_for(pointers), expected)):
             got = cached[k] if cached else self.run(program, state, _cache_state=True)
             if got != want:
                 return k, describe_difference(want, got)

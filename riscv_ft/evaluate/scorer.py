@@ -9,7 +9,8 @@ Fields added to each row (see the README of this package, riscv_ft/evaluate/__in
     same_encoding    prediction and reference assemble to identical machine code (both with the
                      same options, so `mv a0,a1` and `addi a0,a1,0` are the same instruction);
                      null when the reference does not assemble
-    functional       same end state from the same random initial states (emulator.py), and
+    functional       same end state from the same 10 random initial states (emulator.py; the
+                     reference's load/store bases point into the data region in each), and
                      from states whose registers sit next to each constant either program
                      uses (so `slti a0, a1, 29` is not taken for `slti a0, a1, 32`);
                      false when the prediction does not assemble; null when the reference is
@@ -34,6 +35,7 @@ from typing import Any, Iterable, Sequence
 from riscv_ft.evaluate.assembler import Assembler, find_assembler
 from riscv_ft.evaluate.emulator import Emulator, boundary_states, disassemble
 from riscv_ft.evaluate.reference import CLASSES, bind_placeholders, classify, mnemonics, normalize
+from riscv_ft.evaluate.sanitize import REGISTERS
 
 METRICS = ("exact_match", "mnemonic_match", "assembles", "same_encoding", "functional")
 _MNEMONIC_CLASSES = ("assembly", "mnemonic", "directive")
@@ -41,6 +43,15 @@ _MNEMONIC_CLASSES = ("assembly", "mnemonic", "directive")
 _emulator: Emulator | None = None
 # An integer operand: not the digits of a register name (x10, s1) or of a label.
 _CONSTANT = re.compile(r"(?<![\w.])[-+]?(?:0x[0-9a-f]+|\d+)\b", re.IGNORECASE)
+
+
+_BASE = re.compile(r"\(\s*([a-z0-9]+)\s*\)", re.IGNORECASE)
+
+
+def base_registers(text: str) -> frozenset[int]:
+    """Integer registers used as load/store/atomic bases: `8(a1)`, `(a0)`."""
+    regs = (REGISTERS.get(m.group(1).lower()) for m in _BASE.finditer(text))
+    return frozenset(n for r in regs if r and r[0] == "x" and r[1] != 0 for n in [r[1]])
 
 
 def constants(text: str) -> list[int]:
@@ -105,11 +116,13 @@ def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
             scored["functional"] = True
             continue
         try:
-            difference = emu.first_difference(pred_res.program, emu.run_all(ref_res.program))
+            # the reference's load/store bases point into memory in every state
+            pointers = base_registers(bound_ref)
+            difference = emu.first_difference(pred_res.program, emu.run_all(ref_res.program, pointers), pointers)
             literals = constants(bound_ref) + constants(bound_pred)
             if difference is None and literals:
-                extra = emu.difference_from(ref_res.program, pred_res.program,
-                                            boundary_states(literals, like=emu.states[-1]))
+                edges = boundary_states(literals, like=emu.states_for(pointers)[-1], keep=pointers)
+                extra = emu.difference_from(ref_res.program, pred_res.program, edges)
                 difference = extra and (len(emu.states) + extra[0], extra[1])
         except Exception as err:  # noqa: BLE001 - an emulator bug must not end a long evaluation
             scored["error"] = f"emulator error: {type(err).__name__}: {err}"
