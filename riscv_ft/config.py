@@ -42,8 +42,7 @@ class TinyConfig:
     num_attention_heads: int = 8
     num_key_value_heads: int = 2
     intermediate_size: int = 512
-    # Mistral 7B's RoPE base. With 32-wide heads and prompts of ~50 tokens most of its
-    # frequencies barely turn; 10000 gives a from-scratch model finer positions.
+    # RoPE base frequency; Mistral 7B's by default.
     rope_theta: float = 1000000.0
     # Seed of the random initial weights: same seed, same model, same cache folder.
     seed: int = 0

@@ -32,7 +32,7 @@ def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_tiny_demo_preset_trains_and_scores_synthetic_pairs(tmp_path):
-    """The offline demo's path at a few steps: demo-shaped tiny model, full fine-tune, verified
+    """The offline demo's path at a few steps: the tiny model, full fine-tune, verified
     synthetic pairs, and every held-out reference scored as runnable assembly."""
     run = tmp_path / "demo"
     result = run_train("experiment=tiny_demo", "data.synthetic_rows=300", "trainer.iters=3", "trainer.eval_every=3",
@@ -43,8 +43,7 @@ def test_tiny_demo_preset_trains_and_scores_synthetic_pairs(tmp_path):
     assert metrics["steps"] == 3 and 0.0 <= metrics["eval_functional_rate"] <= 1.0
     adapter = json.loads((run / "adapters" / "adapter_config.json").read_text())
     assert adapter["fine_tune_type"] == "full"
-    model_config = json.loads((Path(adapter["model"]) / "config.json").read_text())
-    assert (model_config["num_key_value_heads"], model_config["intermediate_size"]) == (8, 1024)
+    assert json.loads((Path(adapter["model"]) / "config.json").read_text())["model_type"] == "mistral"
     scored = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert len(scored) == 8 and all(r["reference_class"] == "assembly" for r in scored)
     assert all(r["functional"] in (True, False) for r in scored)
