@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def run_name(cfg: DictConfig) -> str:
-    parts = [cfg.run_name or cfg.model.name, f"r{cfg.lora.rank}", f"bs{cfg.trainer.batch_size}"]
+    method = "full" if cfg.lora.fine_tune_type == "full" else f"r{cfg.lora.rank}"
+    parts = [cfg.run_name or cfg.model.name, method, f"bs{cfg.trainer.batch_size}"]
     return "-".join(str(p) for p in parts)
 
 

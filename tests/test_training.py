@@ -102,3 +102,15 @@ def test_grad_checkpoint_gives_the_same_gradients_and_leaks_into_no_other_model(
 def test_smoke_data_file_is_shipped_in_the_dataset_schema():
     rows = [json.loads(line) for line in (PACKAGE_DATA / "smoke.jsonl").read_text().splitlines()]
     assert len(rows) >= 100 and all(set(r) == {"description", "instructions"} for r in rows)
+
+
+def test_loss_plot_turns_logarithmic_when_the_loss_spans_a_decade(tmp_path):
+    from riscv_ft.plots import loss_figure, plot_losses
+
+    falling = [{"step": 0, "val_loss": 10.6}] + [{"step": s, "train_loss": 10.0 / s} for s in range(1, 50)]
+    flat = [{"step": s, "train_loss": 2.0 + 0.01 * s} for s in range(50)]
+    assert loss_figure(falling, "t").axes[0].get_yscale() == "log"
+    assert loss_figure(flat, "t").axes[0].get_yscale() == "linear"
+    assert loss_figure([{"step": 0}], "t") is None
+    png = plot_losses(falling, tmp_path / "loss.png", "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
