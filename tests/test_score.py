@@ -422,3 +422,19 @@ def test_cli_bad_input_exits_2(tmp_path, content, message):
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_register_context_cache_stays_bounded_across_many_load_store_bases():
+    """Each set of load/store base registers gets its own states; scoring many sets over and
+    over must not grow the machine's context cache without bound (it did: 4,550 per pass)."""
+    from itertools import combinations
+
+    from riscv_ft.evaluate.emulator import _MAX_CONTEXTS, Emulator
+
+    regs = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "t0", "t1", "t2", "s2", "s3", "s4", "s5"]
+    rows = [{"reference": f"ld a0, 8({a})\nsd a1, 16({b})\nsd a2, 0({c})",
+             "prediction": f"ld a0, 8({a})\nsd a1, 16({b})\nsd a2, 0({c})\nnop"} for a, b, c in combinations(regs, 3)]
+    emu = Emulator()
+    for _ in range(3):
+        assert all(r["functional"] for r in score_rows(rows, emulator=emu))
+    assert 0 < len(emu._machine.contexts) <= _MAX_CONTEXTS

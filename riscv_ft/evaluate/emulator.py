@@ -41,6 +41,7 @@ CODE_SIZE = 0x10000
 DATA_BASE = 0x80000
 DATA_SIZE = 0x4000
 MAX_STEPS = 10_000
+_MAX_CONTEXTS = 4096  # cached register contexts per machine (a few KB each)
 DEFAULT_STATES = 10  # see random_states; a wrong answer usually stops at the first or second
 MSTATUS_FS = 3 << 13  # FP unit on ("dirty"); with FS=0 every F/D instruction is illegal
 
@@ -288,6 +289,10 @@ class _Machine:
             if ctx is None:
                 ctx = self._context_for(state)
                 if cache:
+                    # Emulator.states_for makes new states for each set of load/store bases, so
+                    # the cache would grow with every set seen: bound it.
+                    if len(self.contexts) >= _MAX_CONTEXTS:
+                        self.contexts.clear()
                     self.contexts[state] = ctx
             uc.context_restore(ctx)
         else:
