@@ -42,8 +42,6 @@ class TinyConfig:
     num_attention_heads: int = 8
     num_key_value_heads: int = 2
     intermediate_size: int = 512
-    # RoPE base frequency; Mistral 7B's by default.
-    rope_theta: float = 1000000.0
     # Seed of the random initial weights: same seed, same model, same cache folder.
     seed: int = 0
 
@@ -199,7 +197,6 @@ _RULES: list[tuple[str, Any, str]] = [
     ("model.quantize.group_size", lambda v: v in (32, 64, 128), "32, 64 or 128"),
     ("model.tiny.hidden_size", lambda v: v >= 16, "an integer >= 16"),
     ("model.tiny.num_hidden_layers", lambda v: v >= 1, "an integer >= 1"),
-    ("model.tiny.rope_theta", lambda v: v > 1, "a number > 1"),
     ("lora.fine_tune_type", lambda v: v in ("lora", "dora", "full"), "one of lora, dora, full"),
     ("lora.rank", lambda v: 1 <= v <= 4096, "an integer from 1 to 4096"),
     ("lora.alpha", lambda v: v > 0 and math.isfinite(v), "a number > 0"),

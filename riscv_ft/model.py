@@ -65,7 +65,7 @@ def tiny_model_dir(tiny: DictConfig) -> Path:
         "head_dim": tiny.hidden_size // tiny.num_attention_heads,
         "vocab_size": 32768,
         "rms_norm_eps": 1e-5,
-        "rope_theta": float(tiny.rope_theta),
+        "rope_theta": 1000000.0,
         "max_position_embeddings": 32768,
         "tie_word_embeddings": False,
         "bos_token_id": 1,

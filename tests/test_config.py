@@ -54,7 +54,6 @@ def test_lora_scale_follows_peft_and_rslora():
         ("lora.alpha=abc", "lora.alpha"),
         ("model=no_such_model", "model=no_such_model"),
         ("data.synthetic_max_instructions=4", "data.synthetic_max_instructions"),
-        ("model.tiny.rope_theta=0", "model.tiny.rope_theta"),
     ],
 )
 def test_bad_config_is_one_clean_line(override, names):
