@@ -119,8 +119,8 @@ def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
             # the reference's load/store bases point into memory in every state
             pointers = base_registers(bound_ref)
             difference = emu.first_difference(pred_res.program, emu.run_all(ref_res.program, pointers), pointers)
-            literals = constants(bound_ref) + constants(bound_pred)
-            if difference is None and literals:
+            literals = constants(bound_ref) + constants(bound_pred) if difference is None else []
+            if literals:  # the random states agree: try the values next to each constant
                 edges = boundary_states(literals, like=emu.states_for(pointers)[-1], keep=pointers)
                 extra = emu.difference_from(ref_res.program, pred_res.program, edges)
                 difference = extra and (len(emu.states) + extra[0], extra[1])
