@@ -19,7 +19,7 @@ from riscv_ft.config import ConfigError, register_configs, validate
 from riscv_ft.data.pipeline import DataError
 from riscv_ft.model import ModelLoadError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 USER_ERRORS = (ConfigError, DataError, ModelLoadError)
 

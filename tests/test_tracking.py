@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from riscv_ft.cli import CONF_DIR
 from tests.conftest import REPO, run_train
 
 # Small enough for seconds per job; still several train-loss points and evaluations.
@@ -309,7 +310,7 @@ def _hydra_config(conf_dir: Path, overrides: list[str]):
         GlobalHydra.instance().clear()
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml")))
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
 def test_every_sweep_preset_composes_with_the_callback(preset):
     from riscv_ft.cli import CONF_DIR
 
