@@ -5,8 +5,8 @@
         optimizer.safetensors  AdamW state (moments, step = schedule position)
         state.json             step, best validation loss, MLflow run id, metric history
 
-The random key cannot be set back in MLX, so the trainer reseeds from (seed, step) at every
-checkpoint instead: a resumed run then draws the same numbers as one left alone.
+No random state is saved: the trainer seeds every optimizer step from (seed, step)
+(`trainer.step_seed`), so a run resumed after any step draws what one left alone draws.
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so it is
 either complete or absent; `latest_checkpoint` only ever sees complete ones.

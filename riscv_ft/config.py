@@ -114,7 +114,9 @@ class TrainerConfig:
     # AdamW peak learning rate (see conf/trainer/default.yaml for why 1e-4).
     learning_rate: float = 1.0e-4
     weight_decay: float = 0.0
-    # Linear warmup from 0 over this many optimizer steps, then cosine decay.
+    # AdamW bias correction of the moments (PyTorch's semantics); MLX's own default is off.
+    bias_correction: bool = True
+    # Linear warm-up over this many optimizer steps (peak/w, 2*peak/w, ..., peak), then cosine decay.
     warmup_steps: int = 30
     # The cosine ends at learning_rate * min_lr_ratio.
     min_lr_ratio: float = 0.1
@@ -126,6 +128,11 @@ class TrainerConfig:
     grad_checkpoint: bool = False
     # Compile the training step with mx.compile.
     compile: bool = True
+    # Run the output layer and the loss only at answer positions (gathered, their count
+    # rounded to a shape bucket). null: on the CPU only, where the 32,768-wide output layer
+    # dominates a step; on a GPU it costs little and the gather would double the number of
+    # step shapes to compile.
+    select_loss_positions: Optional[bool] = None
     report_every: int = 10
     # Validation every N steps (and at the end); 0 only at the end.
     eval_every: int = 100

@@ -106,7 +106,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
     history: list[dict] = []
     if checkpoint is not None:
         load_checkpoint(checkpoint, model, trainer.optimizer)
-        trainer.reseed(checkpoint.step)
         saved = checkpoint.state
         trainer.state = TrainState(step=checkpoint.step, best_val_loss=saved["best_val_loss"], best_step=saved["best_step"],
                                    evals_without_improvement=saved["evals_without_improvement"])

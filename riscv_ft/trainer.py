@@ -21,11 +21,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.nn.utils import average_gradients
+from mlx.utils import tree_flatten, tree_map, tree_reduce
 from omegaconf import DictConfig
 
 from riscv_ft import distributed
-from riscv_ft.data.pipeline import Batch, Sample, iterate_training_batches, length_bucketed_batches
+from riscv_ft.data.pipeline import Batch, Sample, iterate_training_batches, length_bucketed_batches, shape_bucket
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +86,33 @@ def _cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
 
 
 def loss_positions(mask: np.ndarray, multiple: int = 8) -> np.ndarray:
-    """Flat indices of the positions `mask` keeps, padded with masked-out positions to a
-    multiple of `multiple` (fewer distinct shapes to compile); padding adds nothing to the loss."""
+    """Flat indices of the positions `mask` keeps, padded with masked-out positions up to a
+    shape bucket (few distinct shapes to compile); padding adds nothing to the loss."""
     flat = mask.reshape(-1)
     keep = np.flatnonzero(flat)
-    count = min(-(-max(len(keep), 1) // multiple) * multiple, flat.size)
+    count = min(shape_bucket(max(len(keep), 1), multiple), flat.size)
     fill = np.flatnonzero(flat == 0)[: count - len(keep)]
     return np.concatenate([keep, fill]).astype(np.int32)
 
 
 def learning_rate_schedule(trainer: DictConfig):
+    """Linear warm-up to the peak, then cosine decay to peak * min_lr_ratio.
+
+    The optimizer evaluates the schedule at 0, 1, 2, ... (the number of updates made so far),
+    so the value at n is the rate of update n + 1. Warm-up runs peak/w, 2*peak/w, ..., peak
+    over its w updates: the first update is not wasted on a rate of 0.
+    """
     peak, iters, warmup = trainer.learning_rate, trainer.iters, min(trainer.warmup_steps, trainer.iters - 1)
     decay = optim.cosine_decay(peak, max(iters - warmup, 1), peak * trainer.min_lr_ratio)
     if warmup <= 0:
         return decay
-    return optim.join_schedules([optim.linear_schedule(0.0, peak, warmup), decay], [warmup])
+    return optim.join_schedules([optim.linear_schedule(peak / warmup, peak, max(warmup - 1, 1)), decay], [warmup])
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The random seed of optimizer step `step` (dropout): a function of (seed, step) alone, so a
+    run resumed after any step draws exactly what the uninterrupted run draws."""
+    return seed * 1_000_003 + step
 
 
 def enable_grad_checkpoint(model: nn.Module) -> None:
@@ -141,34 +154,77 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int):
+    """Owns the compiled step, the optimizer and the loop's state for one run.
+
+    The loop keeps the device busy: it never waits on a step's result inside the loop. Each
+    step is queued with `mx.async_eval` and the host prepares the next batch and builds the
+    next graph while the device computes (at most one step ahead, which bounds memory). The
+    loss, token counts and the non-finite guard stay on the device and are read only at
+    report, evaluation and save steps.
+    """
+
+    def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int, loss_fn: Callable = masked_loss):
         self.model = model
         self.cfg = trainer_cfg
         self.pad_to_multiple = pad_to_multiple
-        self.optimizer = optim.AdamW(learning_rate=learning_rate_schedule(trainer_cfg), weight_decay=trainer_cfg.weight_decay)
+        select = trainer_cfg.get("select_loss_positions")
+        self.select_positions = (mx.default_device() == mx.cpu) if select is None else bool(select)
+        self.schedule = learning_rate_schedule(trainer_cfg)
+        self.optimizer = optim.AdamW(
+            learning_rate=self.schedule, weight_decay=trainer_cfg.weight_decay,
+            bias_correction=trainer_cfg.bias_correction,
+        )
         self.optimizer.init(model.trainable_parameters())
         self.state = TrainState()
         self.best_weights: dict | None = None  # kept only for early stopping
+        # The step whose gradients were first not finite (0: none yet). Once set, no later
+        # update is applied, so the weights stay those of the step before it.
+        self.bad_step = [mx.array(0, dtype=mx.int32)]
         if trainer_cfg.grad_checkpoint:
             enable_grad_checkpoint(model)
-        self._build_steps()
+        self._build_steps(loss_fn)
 
-    def _build_steps(self) -> None:
-        model, optimizer, cfg = self.model, self.optimizer, self.cfg
-        loss_and_grad = nn.value_and_grad(model, masked_loss)
-        compiled_state = [model.state, optimizer.state, mx.random.state]
+    def _build_steps(self, loss_fn: Callable) -> None:
+        model, optimizer, cfg, bad_step = self.model, self.optimizer, self.cfg, self.bad_step
+        loss_and_grad = nn.value_and_grad(model, loss_fn)
+        compiled_state = [model.state, optimizer.state, mx.random.state, bad_step]
 
         def grad_step(*batch):  # inputs, targets, mask, loss positions
             (loss_sum, ntok), grads = loss_and_grad(model, *batch)
             return loss_sum, ntok, grads
 
-        def update_step(grads, ntok):
-            # ntok is the global answer-token count; summing gradients over processes and
-            # dividing once gives exactly the single-process update for the global batch.
-            grads = tree_map(lambda g: distributed.all_sum(g) / ntok, grads)
+        def apply_step(grads, local, step):
+            """local = [loss sum, answer tokens, real tokens, padded tokens] of this process.
+
+            Gradients and counts are summed over processes and divided once by the global
+            answer-token count: exactly the single-process update for the global batch. The
+            update (weights and AdamW moments) is applied only while every gradient and the
+            loss are finite; the first step that is not is remembered in `bad_step`.
+            """
+            totals = distributed.all_sum(local)
+            ntok = mx.maximum(totals[1], 1.0)
+            if distributed.world_size() > 1:
+                # One all-reduce per 32 MB bucket, not one per LoRA array; average * N = sum.
+                grads = average_gradients(grads, group=distributed.group())
+                grads = tree_map(lambda g: g * (distributed.world_size() / ntok), grads)
+            else:
+                grads = tree_map(lambda g: g / ntok, grads)
             if cfg.max_grad_norm > 0:
-                grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+                grads, norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+            else:
+                norm = mx.sqrt(tree_reduce(lambda acc, g: acc + g.astype(mx.float32).square().sum(), grads, 0.0))
+            ok = mx.isfinite(totals[0]) & mx.isfinite(norm) & (bad_step[0] == 0)
+            params_before = model.trainable_parameters()
+            state_before = tree_map(lambda x: x, optimizer.state)
             optimizer.update(model, grads)
+            model.update(tree_map(lambda new, old: mx.where(ok, new, old), model.trainable_parameters(), params_before))
+            _assign(optimizer.state, tree_map(lambda new, old: mx.where(ok, new, old), optimizer.state, state_before))
+            bad_step[0] = mx.where(ok | (bad_step[0] > 0), bad_step[0], step)
+            return totals
+
+        def train_step(batch, local_counts, step):  # one micro-batch per optimizer step
+            loss_sum, ntok, grads = grad_step(*batch)
+            return apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), local_counts]), step)
 
         def eval_step(*batch):
             return masked_loss(model, *batch)
@@ -176,15 +232,45 @@ class Trainer:
         # Compiled functions belong to this Trainer, so a new run (or sweep job) never
         # reuses a graph traced for another model.
         if cfg.compile:
-            grad_step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(grad_step)
-            update_step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(update_step)
+            compiled = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
+            grad_step, apply_step, train_step = compiled(grad_step), compiled(apply_step), compiled(train_step)
             eval_step = partial(mx.compile, inputs=compiled_state)(eval_step)
-        self._grad_step, self._update_step, self._eval_step = grad_step, update_step, eval_step
+        self._grad_step, self._apply_step, self._train_step, self._eval_step = grad_step, apply_step, train_step, eval_step
 
-    def reseed(self, step: int) -> None:
-        """Reseed the random stream (dropout) from (seed, step) at each checkpoint, so a run
-        resumed from step k draws what the uninterrupted run draws after step k."""
-        mx.random.seed(self.cfg.seed * 1_000_003 + step)
+    def _queue_step(self, micro: list[Batch], step: int) -> mx.array:
+        """Build optimizer step `step` on the device and return its summed
+        [loss, answer tokens, real tokens, padded tokens]; nothing is waited for."""
+        mx.random.seed(step_seed(self.cfg.seed, step))
+        counts = mx.array([sum(b.real_tokens for b in micro), sum(b.padded_tokens for b in micro)], dtype=mx.float32)
+        step_array = mx.array(step, dtype=mx.int32)
+        if len(micro) == 1:
+            return self._train_step(self._arrays(micro[0]), counts, step_array)
+        loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
+        for batch in micro:
+            ls, nt, g = self._grad_step(*self._arrays(batch))
+            loss_sum, ntok = loss_sum + ls, ntok + nt
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+        return self._apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), counts]), step_array)
+
+    def _arrays(self, batch: Batch) -> tuple:
+        arrays = (mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask))
+        return (*arrays, mx.array(loss_positions(batch.mask))) if self.select_positions else arrays
+
+    def check_finite(self) -> None:
+        """Raise TrainingDiverged if a step met a non-finite loss or gradient (reads the device)."""
+        bad = int(self.bad_step[0].item())
+        if bad:
+            cfg = self.cfg
+            raise TrainingDiverged(
+                f"the loss or gradients became NaN or infinite at step {bad}; no update was applied from then on, "
+                f"so the weights are those of step {bad - 1} and the last checkpoint is kept. Usual causes: "
+                f"a learning rate too high (trainer.learning_rate={cfg.learning_rate}), float16 overflow "
+                "(use model.dtype=bfloat16 or float32), or bad rows in the data"
+            )
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate that optimizer step `step` (1-based) used."""
+        return float(self.schedule(mx.array(step - 1)).item())
 
     def _track_best(self, step: int, val_loss: float) -> bool:
         """Remember the best validation loss; True when early stopping says stop."""
@@ -211,9 +297,9 @@ class Trainer:
         # with fewer batches never wait on a collective the others skip.
         total, count = mx.array(0.0), mx.array(0.0)
         for batch in batches[distributed.rank() :: distributed.world_size()]:
-            loss_sum, ntok = self._eval_step(*_arrays(batch))
+            loss_sum, ntok = self._eval_step(*self._arrays(batch))
             total, count = total + loss_sum, count + ntok
-            mx.eval(total, count)
+            mx.async_eval(total, count)
         total, count = distributed.all_sum(total), distributed.all_sum(count)
         self.model.train()
         return (total / count).item() if count.item() > 0 else math.nan
@@ -230,6 +316,8 @@ class Trainer:
         """Train to trainer.iters (from state.step when resumed).
 
         Ctrl-C or SIGTERM finish the current step, call on_save, then raise Interrupted.
+        A non-finite loss or gradient raises TrainingDiverged at the next report, evaluation
+        or save, with the weights of the step before it.
         """
         cfg = self.cfg
         mx.reset_peak_memory()
@@ -246,53 +334,44 @@ class Trainer:
             val_loss = self.evaluate(valid, cfg.val_batches)
             log.info("step 0/%d  val_loss %.4f", cfg.iters, val_loss)
             on_metrics(0, {"val_loss": val_loss})
+        window.restart_clock()
+        previous = None  # the last queued step's outputs
         with _deferred_interrupts() as stop:
             for step in range(start_step + 1, cfg.iters + 1):
-                loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
                 micro = [next(batches) for _ in range(cfg.grad_accumulation)]
-                for batch in micro:
-                    ls, nt, g = self._grad_step(*_arrays(batch))
-                    loss_sum, ntok = loss_sum + ls, ntok + nt
-                    grads = g if grads is None else tree_map(mx.add, grads, g)
-                # Loss, answer tokens, real and padded tokens of the global batch, in one collective.
-                counts = mx.array([sum(b.real_tokens for b in micro), sum(b.padded_tokens for b in micro)], dtype=mx.float32)
-                totals = distributed.all_sum(mx.concatenate([mx.stack([loss_sum, ntok]), counts]))
-                mx.eval(totals, grads)
-                loss_sum, ntok = totals[0], totals[1]
-                loss = loss_sum.item() / max(ntok.item(), 1.0)
-                if not math.isfinite(loss):  # checked before the update: the weights stay good
-                    raise TrainingDiverged(
-                        f"the training loss became {loss} at step {step}; the last checkpoint is kept. Usual causes: "
-                        f"a learning rate too high (trainer.learning_rate={cfg.learning_rate}), float16 overflow "
-                        "(use model.dtype=bfloat16 or float32), or bad rows in the data"
-                    )
-                lr = self.optimizer.learning_rate.item()
-                self._update_step(grads, ntok)
-                mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+                totals = self._queue_step(micro, step)
+                window.add(totals)
+                mx.async_eval(totals, window.sums, self.bad_step[0])
+                if previous is not None:
+                    mx.eval(previous)  # the device is at most one step behind the host
+                previous = totals
                 self.state.step = step
-                window.add(*totals.tolist())
                 progress.update(1)
                 if step % cfg.report_every == 0 or step == cfg.iters:
+                    self.check_finite()
                     metrics = window.flush()
-                    metrics.update(learning_rate=lr, peak_memory_gb=mx.get_peak_memory() / 1e9)
+                    metrics.update(learning_rate=self.learning_rate_at(step), peak_memory_gb=mx.get_peak_memory() / 1e9)
                     progress.set_postfix(loss=f"{metrics['train_loss']:.3f}", refresh=False)
                     log.info(
                         "step %d/%d  train_loss %.4f  lr %.2e  %.0f answer tok/s  %.0f tok/s  pad %.1f%%  peak %.2f GB",
-                        step, cfg.iters, metrics["train_loss"], lr, metrics["tokens_per_s"], metrics["all_tokens_per_s"],
-                        100 * metrics["padding_share"], metrics["peak_memory_gb"],
+                        step, cfg.iters, metrics["train_loss"], metrics["learning_rate"], metrics["tokens_per_s"],
+                        metrics["all_tokens_per_s"], 100 * metrics["padding_share"], metrics["peak_memory_gb"],
                     )
                     on_metrics(step, metrics)
                 stop_early = False
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.iters:
+                    self.check_finite()
+                    window.pause()
                     val_loss = self.evaluate(valid, cfg.val_batches)
                     stop_early = self._track_best(step, val_loss)
                     log.info("step %d/%d  val_loss %.4f", step, cfg.iters, val_loss)
                     on_metrics(step, {"val_loss": val_loss})
-                    window.restart_clock()
+                    window.resume()
                 if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.iters or stop[0] or stop_early:
+                    self.check_finite()
+                    window.pause()
                     on_save(step)
-                    self.reseed(step)
-                    window.restart_clock()
+                    window.resume()
                 if stop[0]:
                     raise Interrupted(f"{stop[0]} at step {step}", step)
                 if stop_early:
@@ -315,6 +394,16 @@ class Trainer:
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
             "steps": self.state.step,
         }
+
+
+def _assign(target: dict | list, source: dict | list) -> None:
+    """Copy a tree of arrays into `target` in place: mx.compile tracks the optimizer's state
+    by the containers it was given, so they must stay the same objects."""
+    for key in range(len(source)) if isinstance(source, list) else source:
+        if isinstance(source[key], (dict, list)):
+            _assign(target[key], source[key])
+        else:
+            target[key] = source[key]
 
 
 @contextmanager
@@ -343,46 +432,51 @@ def _deferred_interrupts():
             signal.signal(sig, handler)
 
 
-def _arrays(batch: Batch):
-    positions = loss_positions(batch.mask)
-    return mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask), mx.array(positions)
-
-
 class _Window:
     """Loss and throughput since the last report, and over the whole run.
 
-    Time spent evaluating or saving is excluded (restart_clock), so tokens/s is training
-    speed only. The run's train_loss is the last report's: an average over the whole run
-    would mostly measure the first steps.
+    The sums [loss, answer tokens, real tokens, padded tokens] stay on the device and are read
+    only at a report (flush), so counting them never stalls the loop. Time spent evaluating or
+    saving is excluded (pause/resume), so tokens/s is training speed only. The run's
+    train_loss is the last report's: an average over the whole run would mostly measure the
+    first steps.
     """
 
     def __init__(self):
-        self.loss = self.ntok = self.real = self.padded = 0.0
+        self.sums = mx.zeros(4, dtype=mx.float32)
         self.last_loss: float | None = None
         self.all = dict(loss=0.0, ntok=0.0, real=0.0, padded=0.0, seconds=0.0)
-        self.t0 = time.perf_counter()
+        self.seconds = 0.0  # training time in this window before the last pause
+        self.t0: float | None = time.perf_counter()
 
-    def add(self, loss_sum: float, ntok: float, real: float, padded: float) -> None:
-        self.loss += loss_sum
-        self.ntok += ntok
-        self.real += real
-        self.padded += padded
+    def add(self, totals: mx.array) -> None:
+        self.sums = self.sums + totals
 
     def restart_clock(self) -> None:
+        self.seconds, self.t0 = 0.0, time.perf_counter()
+
+    def pause(self) -> None:
+        mx.eval(self.sums)  # the queued steps belong to training time
+        if self.t0 is not None:
+            self.seconds += time.perf_counter() - self.t0
+        self.t0 = None
+
+    def resume(self) -> None:
         self.t0 = time.perf_counter()
 
     def flush(self) -> dict:
-        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        loss, ntok, real, padded = self.sums.tolist()
+        seconds = max(self.seconds + (time.perf_counter() - self.t0 if self.t0 is not None else 0.0), 1e-9)
         metrics = {
-            "train_loss": self.loss / max(self.ntok, 1.0),
-            "tokens_per_s": self.ntok / seconds,
-            "all_tokens_per_s": self.real / seconds,
-            "padding_share": 1.0 - self.real / max(self.padded, 1.0),
+            "train_loss": loss / max(ntok, 1.0),
+            "tokens_per_s": ntok / seconds,
+            "all_tokens_per_s": real / seconds,
+            "padding_share": 1.0 - real / max(padded, 1.0),
         }
-        for key, value in (("loss", self.loss), ("ntok", self.ntok), ("real", self.real), ("padded", self.padded), ("seconds", seconds)):
+        for key, value in (("loss", loss), ("ntok", ntok), ("real", real), ("padded", padded), ("seconds", seconds)):
             self.all[key] += value
-        self.loss = self.ntok = self.real = self.padded = 0.0
-        self.t0 = time.perf_counter()
+        self.sums = mx.zeros(4, dtype=mx.float32)
+        self.restart_clock()
         self.last_loss = metrics["train_loss"]
         return metrics
 

@@ -115,7 +115,9 @@ def test_padding_share_on_the_real_snapshot(snapshot_path, tiny):
     cfg = compose(["model=tiny", f"data.path={snapshot_path}"])
     data = prepare(cfg.data, tiny.tokenizer, seed=0)
     train = data.samples["train"]
-    ours = padding_share(length_bucketed_batches(train, 4, 8, seed=0))
+    batches = length_bucketed_batches(train, 4, 8, seed=0)
+    ours = padding_share(batches)
+    widths = {b.inputs.shape[1] for b in batches}
 
     # mlx-lm's way for comparison: random order, padded to 32k+1.
     order = list(range(len(train)))
@@ -126,8 +128,10 @@ def test_padding_share_on_the_real_snapshot(snapshot_path, tiny):
         width = 32 * -(-max(lengths) // 32) + 1
         padded, real = padded + 4 * width, real + sum(lengths)
     theirs = 1 - real / padded
-    print(f"padding share: ours {ours:.3f}, random order padded to 32k+1 {theirs:.3f}")
-    assert ours < 0.10 and theirs > 0.30
+    print(f"padding share: ours {ours:.3f} over {len(widths)} widths, random order padded to 32k+1 {theirs:.3f}")
+    # Widths come from shape buckets (x1 and x1.5 a power of two): few shapes to compile on a
+    # GPU for a padding share still well under mlx-lm's (0.175 and 10 widths when written).
+    assert ours < 0.20 and theirs > 0.30 and len(widths) <= 12
 
 
 def _write(path, lines):

@@ -311,13 +311,28 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def shape_bucket(n: int, multiple: int) -> int:
+    """The smallest of multiple * {1, 2, 3, 4, 6, 8, 12, 16, ...} (a power of two, or 1.5 times
+    one) that holds n.
+
+    Batch widths and loss-position counts are rounded up to these, so a run compiles a
+    handful of step shapes (each new shape traces and compiles the whole graph again, which
+    on a GPU costs more than the padding) while padding stays under a third of a row.
+    """
+    size = multiple
+    while size < n:
+        half_step = size // 2 if size & (size - 1) == 0 and size >= 2 * multiple else 0
+        size = size + half_step if half_step else (size * 4 // 3 if size % 3 == 0 else size * 2)
+    return size
+
+
 def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0) -> Batch:
-    """Pad to the longest sample, rounded up to a multiple, and mask prompt and padding.
+    """Pad to the longest sample, rounded up to a shape bucket, and mask prompt and padding.
 
     Inputs are tokens[:-1] and targets tokens[1:], so the loss never trains a padding token
     (mlx-lm's `steps <= lengths` trains one per sequence).
     """
-    width = round_up(max(len(s.tokens) - 1 for s in samples), pad_to_multiple)
+    width = shape_bucket(max(len(s.tokens) - 1 for s in samples), pad_to_multiple)
     inputs = np.full((len(samples), width), pad_id, dtype=np.int32)
     targets = np.full((len(samples), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(samples), width), dtype=np.float32)
