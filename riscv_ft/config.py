@@ -51,7 +51,7 @@ class ModelConfig:
     # Short name used in run names and MLflow.
     name: str = "mistral7b_4bit"
     # Hugging Face repo id or local folder that `mlx_lm.load` opens. Ignored when source=tiny.
-    path: str = "mistralai/Mistral-7B-Instruct-v0.3"
+    path: str = "mlx-community/Mistral-7B-Instruct-v0.3-4bit"
     # hub: `path` is a repo id or folder; tiny: build the tiny model locally (no download).
     source: str = "hub"
     # Compute dtype of the unquantized weights: bfloat16, float16 or float32.

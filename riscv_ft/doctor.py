@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 from riscv_ft import runtime  # noqa: E402
 from riscv_ft.memory import machine_memory_gb  # noqa: E402
 
-DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+DEFAULT_MODEL = "mlx-community/Mistral-7B-Instruct-v0.3-4bit"
 DEFAULT_DATASET = "davidpirkl/riscv-instruction-specification"
 HEAD_TIMEOUT_S = 3.0
 # Below this a 7B model cannot train usefully; the bundled reference BLAS gives about 5.

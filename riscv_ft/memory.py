@@ -32,6 +32,7 @@ fixed the bytes a value takes in a half-precision run (3.3: some intermediates s
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 from pathlib import Path
@@ -120,8 +121,12 @@ def estimate_memory_gb(cfg: DictConfig) -> dict:
 
     # Pre-quantized checkpoints say so in config.json; otherwise quantize-on-load settings apply.
     quant = c.get("quantization") or c.get("quantization_config")
+    named_bits = re.search(r"[-_](\d)bit\b", str(cfg.model.path)) if cfg.model.source == "hub" else None
     if quant and "bits" in quant:
         bits, group = quant["bits"], quant.get("group_size", 64)
+    elif named_bits and "config.json" not in source:
+        # Not downloaded yet: mlx-community names its quantized repos "...-4bit" (group 64).
+        bits, group = int(named_bits.group(1)), 64
     elif cfg.model.quantize.enabled:
         bits, group = cfg.model.quantize.bits, cfg.model.quantize.group_size
     else:

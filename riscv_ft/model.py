@@ -137,13 +137,18 @@ def resolve_base(model_cfg: DictConfig) -> str:
 
 
 def load_base(model_cfg: DictConfig) -> LoadedModel:
-    """Load the base model and tokenizer, cast and quantize as configured, all frozen."""
+    """Load the base model and tokenizer, cast and quantize as configured, all frozen.
+
+    The weights load lazily and are materialised one array at a time, after casting and
+    quantizing: a bf16 checkpoint quantized on load never holds more than the 4-bit model and
+    one bf16 matrix (mlx_lm.load alone reads all 14.5 GB of a 7B model first).
+    """
     from mlx_lm import load
     from mlx_lm.utils import quantize_model
 
     base_ref = resolve_base(model_cfg)
     try:
-        model, tokenizer, hf_config = load(base_ref, return_config=True)
+        model, tokenizer, hf_config = load(base_ref, return_config=True, lazy=True)
     except Exception as err:  # noqa: BLE001 - the hub client raises many kinds
         raise ModelLoadError(_explain_load_failure(base_ref, err)) from err
 
@@ -151,21 +156,35 @@ def load_base(model_cfg: DictConfig) -> LoadedModel:
     already_quantized = "quantization" in hf_config
     # Cast only the floating-point weights; quantized ones keep their packed integers.
     model.set_dtype(dtype, lambda d: mx.issubdtype(d, mx.floating))
-    if model_cfg.quantize.enabled and not already_quantized:
+    if already_quantized:
+        stored = hf_config["quantization"]
+        log.info("%s is stored quantized (%s bits, group size %s): loaded as it is", base_ref, stored.get("bits"), stored.get("group_size"))
+        wanted = (model_cfg.quantize.bits, model_cfg.quantize.group_size)
+        if model_cfg.quantize.enabled and (stored.get("bits"), stored.get("group_size")) != wanted:
+            log.warning("model.quantize asks for %s bits, group size %s; the checkpoint's own quantization is kept", *wanted)
+    elif model_cfg.quantize.enabled:
         model, _ = quantize_model(model, hf_config, model_cfg.quantize.group_size, model_cfg.quantize.bits)
     model.freeze()
-    mx.eval(model.parameters())
+    for _, weight in tree_flatten(model.parameters()):
+        mx.eval(weight)
     return LoadedModel(model=model, tokenizer=tokenizer, base_ref=base_ref)
 
 
 def _explain_load_failure(base_ref: str, err: Exception) -> str:
-    text = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    full = f"{type(err).__name__}: {err}"
+    text = " ".join(full.split())[:300]
     looks_like_path = base_ref.startswith(("/", ".", "~")) or os.sep in base_ref and base_ref.count("/") > 1
     if looks_like_path and not Path(base_ref).expanduser().exists():
         where = f"model.path={base_ref!r}: no such folder"
     elif looks_like_path:
         where = f"model.path={base_ref!r} is not a model folder that mlx_lm can load ({text})"
-    elif any(s in text for s in ("Connection", "resolve", "offline", "Offline", "LocalEntryNotFound", "Max retries")):
+    elif any(s in full for s in ("401", "403", "GatedRepo", "gated", "Unauthorized", "Forbidden")):
+        return (
+            f"the Hugging Face repo {base_ref!r} is gated or private ({text}); run `hf auth login` with a token "
+            f"and accept the model's licence at https://huggingface.co/{base_ref}, or use an open copy such as "
+            "model.path=mlx-community/Mistral-7B-Instruct-v0.3-4bit"
+        )
+    elif any(s in full for s in ("Connection", "resolve", "offline", "Offline", "LocalEntryNotFound", "Max retries")):
         where = f"cannot reach the Hugging Face hub to download {base_ref!r} and it is not cached ({text})"
     else:
         where = f"cannot load model {base_ref!r} ({text})"

@@ -27,7 +27,7 @@ def test_every_experiment_composes(experiment):
 
 def test_defaults_are_the_recipe():
     cfg = compose([])
-    assert cfg.model.path == "mistralai/Mistral-7B-Instruct-v0.3"
+    assert cfg.model.path == "mlx-community/Mistral-7B-Instruct-v0.3-4bit"
     assert cfg.model.quantize.enabled and cfg.model.quantize.bits == 4 and cfg.model.quantize.group_size == 64
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) == (16, 16, 0.0)
     assert set(cfg.lora.targets) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
