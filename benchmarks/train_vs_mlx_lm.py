@@ -20,6 +20,7 @@ included, evaluation excluded), with the same wrapper around each loop's batch i
     python benchmarks/train_vs_mlx_lm.py --model random-7b --override model.quantize.enabled=true
     python benchmarks/train_vs_mlx_lm.py --model mlx-community/Mistral-7B-Instruct-v0.3-4bit \\
         --override model.quantize.enabled=false
+    python benchmarks/train_vs_mlx_lm.py --model random-7b --iters 60 --suite   # the GPU table, one command
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -43,6 +44,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from functools import partial  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 from unittest import mock  # noqa: E402
@@ -259,24 +261,74 @@ def run_mlx_lm(cfg, choice, num_layers, data, tokens_ours: int) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- synthetic rows: our loop against the bare step
+
+
+def synthetic_samples(count: int, width: int, seed: int = 0):
+    """Random-token samples of exactly `width` inputs whose every target counts (prompt of one token)."""
+    from riscv_ft.data.pipeline import Sample
+
+    rng = np.random.default_rng(seed)
+    return [Sample(rng.integers(5, 32000, width + 1).tolist(), 1) for _ in range(count)]
+
+
+def run_ours_synthetic(cfg, choice, num_layers, width: int) -> dict:
+    """Our loop (Trainer.fit) on random tokens of one width: the same work as the bare step."""
+    loaded = lora_model(cfg, choice, num_layers)
+    train = synthetic_samples(cfg.trainer.batch_size * 64, width)
+    cfg.trainer.report_every = max(1, cfg.trainer.iters // 6)  # a few reads of the loss, as in a real run
+    trainer = Trainer(loaded.model, cfg.trainer, cfg.data.pad_to_multiple)
+    times = {}
+
+    def on_metrics(step: int, metrics: dict) -> None:
+        if "train_loss" in metrics:
+            times[step] = time.perf_counter()
+
+    mx.reset_peak_memory()
+    trainer.fit(train, train[: cfg.trainer.batch_size], on_metrics, lambda step: None)
+    steps = sorted(times)
+    first, last = steps[0], steps[-1]  # time from the first report: compilation excluded
+    seconds = times[last] - times[first]
+    tokens = (last - first) * cfg.trainer.batch_size * width
+    return {"tokens_per_s": round(tokens / seconds, 1), "s_per_step": round(seconds / (last - first), 4),
+            "peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
+
+
+def run_bare_step(cfg, choice, num_layers, width: int) -> dict:
+    """The least a LoRA step can cost: mlx-lm's default loss, AdamW, one compiled function and
+    one mx.eval per step, the same random batch every step."""
+    from mlx_lm.tuner.trainer import default_loss
+    import mlx.nn as nn
+
+    loaded = lora_model(cfg, choice, num_layers)
+    model = loaded.model
+    optimizer = optim.AdamW(learning_rate=1e-5)
+    loss_and_grad = nn.value_and_grad(model, default_loss)
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(batch, lengths):
+        (loss, ntoks), grads = loss_and_grad(model, batch, lengths)
+        optimizer.update(model, grads)
+        return loss
+
+    batch = mx.array(np.random.default_rng(0).integers(5, 32000, (cfg.trainer.batch_size, width + 1)), dtype=mx.int32)
+    lengths = mx.array([[0, width + 1]] * cfg.trainer.batch_size)
+    for _ in range(5):  # warm-up: compile
+        mx.eval(step(batch, lengths), state)
+    mx.reset_peak_memory()
+    n, t0 = cfg.trainer.iters, time.perf_counter()
+    for _ in range(n):
+        mx.eval(step(batch, lengths), state)
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": round(n * cfg.trainer.batch_size * width / seconds, 1), "s_per_step": round(seconds / n, 4),
+            "peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
+
+
 # ---------------------------------------------------------------- main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny (default), random-7b, or a model folder / repo id for mlx_lm.load")
-    parser.add_argument("--num-layers", type=int, default=None, help="random-7b only: fewer transformer blocks (a quick check)")
-    parser.add_argument("--data", default=None, help="JSONL file (default: the real snapshot if present, else smoke.jsonl)")
-    parser.add_argument("--iters", type=int, default=150, help="optimizer steps per loop")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--warmup-steps", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--order", choices=["ours-first", "mlx-lm-first"], default="ours-first")
-    parser.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. lora.rank=8 trainer.grad_checkpoint=true")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
+def compose_run(args, overrides: list[str]):
     data_path = args.data or str(SNAPSHOT if SNAPSHOT.is_file() else SMOKE)
     model_overrides = {"tiny": ["model=tiny"], "random-7b": ["model=mistral7b", "model.name=random-7b"]}.get(
         args.model, ["model=mistral7b", f"model.path={args.model}", "model.name=custom"]
@@ -286,11 +338,16 @@ def main() -> None:
         f"trainer.iters={args.iters}", f"trainer.batch_size={args.batch_size}",
         f"trainer.learning_rate={args.learning_rate}", f"trainer.warmup_steps={args.warmup_steps}",
         f"trainer.seed={args.seed}", "trainer.eval_every=0", "trainer.save_every=0", "trainer.val_batches=1",
-        "tracking.enabled=false", *args.override,
+        "tracking.enabled=false", *args.override, *overrides,
     ])
     if cfg.data.prompt_format != "chat":
         raise SystemExit("error: the comparison needs data.prompt_format=chat (mlx-lm formats prompts with the chat template)")
+    return cfg, data_path
 
+
+def compare(args, overrides: list[str], label: str = "") -> dict:
+    """Our loop and mlx-lm's on the same model, data and settings; prints a table, returns the figures."""
+    cfg, data_path = compose_run(args, overrides)
     loaded = build_model(cfg, args.model, args.num_layers)
     data = prepare(cfg.data, loaded.tokenizer, cfg.trainer.seed)
     del loaded
@@ -307,18 +364,19 @@ def main() -> None:
         release_memory()
 
     ours, theirs = runs["ours"], runs["mlx_lm"]
-    print(f"model {cfg.model.name} ({args.model}), data {data_path}, {cfg.trainer.iters} steps of batch "
+    print(f"{label or 'run'}: model {cfg.model.name} ({args.model}), data {data_path}, {cfg.trainer.iters} steps of batch "
           f"{cfg.trainer.batch_size}, LoRA rank {cfg.lora.rank}, {mx.default_device()}, {blas_in_use()}")
     print(f"{'':22}{'riscv_ft':>12}{'mlx-lm':>12}{'ratio':>8}")
-    for key, label in [("tokens_per_s", "answer tokens/s"), ("all_tokens_per_s", "all tokens/s"),
-                       ("padding_share", "padding share"), ("peak_gb", "peak memory GB"),
-                       ("train_loss", "train loss (own)"), ("val_loss", "val loss"), ("seconds", "train seconds"),
-                       ("tokens_per_cpu_s", "answer tokens/CPU-s")]:
+    for key, label_ in [("tokens_per_s", "answer tokens/s"), ("all_tokens_per_s", "all tokens/s"),
+                        ("padding_share", "padding share"), ("peak_gb", "peak memory GB"),
+                        ("train_loss", "train loss (own)"), ("val_loss", "val loss"), ("seconds", "train seconds"),
+                        ("tokens_per_cpu_s", "answer tokens/CPU-s")]:
         ratio = ours[key] / theirs[key] if theirs[key] else float("nan")
-        print(f"{label:22}{ours[key]:>12.4g}{theirs[key]:>12.4g}{ratio:>8.3f}")
-    summary = {
-        "model": args.model, "data": data_path, "iters": cfg.trainer.iters, "batch_size": cfg.trainer.batch_size,
+        print(f"{label_:22}{ours[key]:>12.4g}{theirs[key]:>12.4g}{ratio:>8.3f}")
+    return {
+        "label": label, "model": args.model, "data": data_path, "iters": cfg.trainer.iters, "batch_size": cfg.trainer.batch_size,
         "lora_rank": cfg.lora.rank, "device": str(mx.default_device()), "blas": blas_in_use(), "order": args.order,
+        "overrides": overrides,
         **{f"ours_{k}": v for k, v in ours.items()}, **{f"mlx_lm_{k}": v for k, v in theirs.items()},
         "tokens_per_s_ratio": round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3),
         "tokens_per_cpu_s_ratio": round(ours["tokens_per_cpu_s"] / theirs["tokens_per_cpu_s"], 3),
@@ -327,7 +385,73 @@ def main() -> None:
         # Other jobs on the machine slow both loops, not always equally: look here first.
         "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2),
     }
-    print(json.dumps(summary))
+
+
+def synthetic(args, overrides: list[str], width: int, label: str) -> dict:
+    cfg, _ = compose_run(args, overrides)
+    ours = run_ours_synthetic(cfg, args.model, args.num_layers, width)
+    release_memory()
+    bare = run_bare_step(cfg, args.model, args.num_layers, width)
+    release_memory()
+    row = {"label": label, "width": width, "batch_size": cfg.trainer.batch_size, "overrides": overrides,
+           **{f"ours_{k}": v for k, v in ours.items()}, **{f"bare_{k}": v for k, v in bare.items()},
+           "tokens_per_s_ratio": round(ours["tokens_per_s"] / bare["tokens_per_s"], 3)}
+    print(f"{label}: ours {ours['tokens_per_s']:.0f} tok/s ({ours['s_per_step']:.3f} s/step, {ours['peak_gb']} GB), "
+          f"bare step {bare['tokens_per_s']:.0f} tok/s ({bare['s_per_step']:.3f} s/step, {bare['peak_gb']} GB)")
+    return row
+
+
+# The GPU table of issue 12: (label, overrides); 4-bit = quantized base, gc = gradient checkpointing.
+SUITE = [
+    ("bf16 b4", []),
+    ("4-bit b4", ["model.quantize.enabled=true"]),
+    ("bf16 b8", ["trainer.batch_size=8"]),
+    ("bf16 b8 gc", ["trainer.batch_size=8", "trainer.grad_checkpoint=true"]),
+]
+SYNTHETIC = [("synthetic bf16 4x256", [], 256), ("synthetic 4-bit 4x256", ["model.quantize.enabled=true"], 256),
+             ("synthetic bf16 4x80", [], 80)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny (default), random-7b, or a model folder / repo id for mlx_lm.load")
+    parser.add_argument("--num-layers", type=int, default=None, help="random-7b only: fewer transformer blocks (a quick check)")
+    parser.add_argument("--data", default=None, help="JSONL file (default: the real snapshot if present, else smoke.jsonl)")
+    parser.add_argument("--iters", type=int, default=150, help="optimizer steps per loop")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--order", choices=["ours-first", "mlx-lm-first"], default="ours-first")
+    parser.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. lora.rank=8 trainer.grad_checkpoint=true")
+    parser.add_argument("--suite", action="store_true",
+                        help="the accelerator table: a warm-up, then bf16/4-bit batch 4, bf16 batch 8 (with and without "
+                             "gradient checkpointing), packing, and synthetic rows against the bare step")
+    parser.add_argument("--only", nargs="*", default=None, help="with --suite: run only the rows whose label starts with one of these")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    if not args.suite:
+        print(json.dumps(compare(args, [])))
+        return
+    wanted = lambda label: args.only is None or any(label.startswith(o) for o in args.only)  # noqa: E731
+    # Warm-up: the first run of each shape on a fresh GPU machine compiles kernels (GPU idle).
+    warm = argparse.Namespace(**{**vars(args), "iters": 3})
+    for label, overrides in SUITE[:2]:
+        if wanted(label):
+            compare(warm, overrides, f"warm-up {label}")
+    rows = [compare(args, overrides, label) for label, overrides in SUITE if wanted(label)]
+    rows += [synthetic(args, overrides, width, label) for label, overrides, width in SYNTHETIC if wanted(label)]
+    print("| row | ours tok/s | other tok/s | ratio | val loss ours / mlx-lm | peak GB ours / other |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        if "mlx_lm_tokens_per_s" in r:
+            print(f"| {r['label']} | {r['ours_tokens_per_s']:.0f} | {r['mlx_lm_tokens_per_s']:.0f} (mlx-lm) | {r['tokens_per_s_ratio']:.2f} "
+                  f"| {r['ours_val_loss']:.4f} / {r['mlx_lm_val_loss']:.4f} | {r['ours_peak_gb']:.1f} / {r['mlx_lm_peak_gb']:.1f} |")
+        else:
+            print(f"| {r['label']} | {r['ours_tokens_per_s']:.0f} | {r['bare_tokens_per_s']:.0f} (bare step) | {r['tokens_per_s_ratio']:.2f} "
+                  f"| | {r['ours_peak_gb']:.1f} / {r['bare_peak_gb']:.1f} |")
+    print(json.dumps(rows))
 
 
 if __name__ == "__main__":
