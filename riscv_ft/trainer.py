@@ -472,6 +472,7 @@ class _Window:
             "tokens_per_s": ntok / seconds,
             "all_tokens_per_s": real / seconds,
             "padding_share": 1.0 - real / max(padded, 1.0),
+            "answer_tokens": ntok,  # of the global batch, since the last report
         }
         for key, value in (("loss", loss), ("ntok", ntok), ("real", real), ("padded", padded), ("seconds", seconds)):
             self.all[key] += value
