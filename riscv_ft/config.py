@@ -105,6 +105,11 @@ class DataConfig:
     too_long: str = "truncate"
     # Batches are padded to a multiple of this many tokens (fewer compiled shapes).
     pad_to_multiple: int = 8
+    # Sequence packing: each of trainer.batch_size rows is max_seq_length positions filled
+    # with several samples (first-fit-decreasing), each attending only to itself with its
+    # positions restarting at 0, so its loss is its unpacked loss. More samples per step
+    # (logged as samples_per_step); validation stays unpacked. llama/mistral models only.
+    pack: bool = False
 
 
 @dataclass

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from riscv_ft import distributed
 from riscv_ft.data.pipeline import Batch, Sample, iterate_training_batches, length_bucketed_batches
+from riscv_ft.packed_forward import packed_hidden, packing_problem
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def masked_loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, positions: mx.array | None = None):
+def masked_loss(
+    model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, positions: mx.array | None = None,
+    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None,
+):
     """Summed cross-entropy over the tokens the mask keeps, and how many it keeps.
 
     Returning the sum (not the mean) lets micro-batches and data-parallel ranks add up
@@ -46,28 +50,46 @@ def masked_loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.
     `loss_positions`) runs the output layer and the loss at those positions only: with the
     prompt masked that is a fifth of the batch, and the 32,768-wide output layer and its
     softmax were most of the tiny model's step (benchmarks/NOTES.md). Same sum, same gradients.
+
+    `segment_ids` and `rope_positions` (packed rows, see riscv_ft.data.packing) keep each
+    sample's attention within the sample and restart its rotary positions at 0, so every
+    sample's loss is its unpacked loss.
     """
-    if positions is None:
+    if positions is None and segment_ids is None:
         logits = model(inputs)
     else:
-        logits = _logits_at(model, inputs, positions)
-        targets, mask = targets.reshape(-1)[positions], mask.reshape(-1)[positions]
+        logits = _logits_at(model, inputs, positions, segment_ids, rope_positions)
+        targets, mask = targets.reshape(-1), mask.reshape(-1)
+        if positions is not None:
+            targets, mask = targets[positions], mask[positions]
     losses = _cross_entropy(logits.astype(mx.float32), targets) * mask
     return losses.sum(), mask.sum()
 
 
-def _logits_at(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:
-    """Logits at flat `positions` of the batch: the transformer runs on every position, the
-    output layer on the selected ones (mlx-lm's llama/mistral models; any other model computes
-    all logits and keeps the selected rows)."""
+def _logits_at(
+    model: nn.Module, inputs: mx.array, positions: mx.array | None,
+    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None,
+) -> mx.array:
+    """Logits at flat `positions` of the batch (all of them when None), flattened to
+    (positions, vocab): the transformer runs on every position, the output layer on the
+    selected ones (mlx-lm's llama/mistral models; any other model computes all logits and
+    keeps the selected rows). Packed rows (`segment_ids`) need a llama/mistral model."""
     body = getattr(model, "model", None)
     if getattr(model, "model_type", None) in ("llama", "mistral") and body is not None:
-        hidden = body(inputs)
-        hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+        if segment_ids is None:
+            hidden = body(inputs)
+        else:
+            hidden = packed_hidden(body, inputs, segment_ids, rope_positions)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        if positions is not None:
+            hidden = hidden[positions]
         head = getattr(model, "lm_head", None)
         return head(hidden) if head is not None else body.embed_tokens.as_linear(hidden)
+    if segment_ids is not None:
+        raise ValueError(packing_problem(model))
     logits = model(inputs)
-    return logits.reshape(-1, logits.shape[-1])[positions]
+    logits = logits.reshape(-1, logits.shape[-1])
+    return logits if positions is None else logits[positions]
 
 
 def _cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
@@ -141,10 +163,13 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int):
+    def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int, pack_length: int = 0):
         self.model = model
         self.cfg = trainer_cfg
         self.pad_to_multiple = pad_to_multiple
+        # data.pack: training batches are batch_size rows of pack_length positions, each
+        # holding several samples; 0 trains one sample per row. Validation is never packed.
+        self.pack_length = pack_length
         self.optimizer = optim.AdamW(learning_rate=learning_rate_schedule(trainer_cfg), weight_decay=trainer_cfg.weight_decay)
         self.optimizer.init(model.trainable_parameters())
         self.state = TrainState()
@@ -236,7 +261,7 @@ class Trainer:
         self.model.train()
         batches = iterate_training_batches(
             train, cfg.batch_size, self.pad_to_multiple, cfg.seed, self.state.step * cfg.grad_accumulation,
-            distributed.rank(), distributed.world_size(),
+            distributed.rank(), distributed.world_size(), pack_length=self.pack_length,
         )
         window = _Window()
         progress = _progress(cfg.iters, self.state.step)
@@ -254,8 +279,9 @@ class Trainer:
                     ls, nt, g = self._grad_step(*_arrays(batch))
                     loss_sum, ntok = loss_sum + ls, ntok + nt
                     grads = g if grads is None else tree_map(mx.add, grads, g)
-                # Loss, answer tokens, real and padded tokens of the global batch, in one collective.
-                counts = mx.array([sum(b.real_tokens for b in micro), sum(b.padded_tokens for b in micro)], dtype=mx.float32)
+                # Loss, answer tokens, real and padded tokens, samples of the global batch, in one collective.
+                counts = mx.array([sum(b.real_tokens for b in micro), sum(b.padded_tokens for b in micro),
+                                   sum(b.samples for b in micro)], dtype=mx.float32)
                 totals = distributed.all_sum(mx.concatenate([mx.stack([loss_sum, ntok]), counts]))
                 mx.eval(totals, grads)
                 loss_sum, ntok = totals[0], totals[1]
@@ -287,7 +313,7 @@ class Trainer:
                     val_loss = self.evaluate(valid, cfg.val_batches)
                     stop_early = self._track_best(step, val_loss)
                     log.info("step %d/%d  val_loss %.4f", step, cfg.iters, val_loss)
-                    on_metrics(step, {"val_loss": val_loss})
+                    on_metrics(step, {"val_loss": val_loss, "samples_seen": window.samples_seen})
                     window.restart_clock()
                 if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.iters or stop[0] or stop_early:
                     on_save(step)
@@ -312,6 +338,7 @@ class Trainer:
             "tokens_per_s": totals["tokens_per_s"],
             "all_tokens_per_s": totals["all_tokens_per_s"],
             "padding_share": totals["padding_share"],
+            "samples_seen": window.samples_seen,
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
             "steps": self.state.step,
         }
@@ -344,8 +371,13 @@ def _deferred_interrupts():
 
 
 def _arrays(batch: Batch):
+    """The arguments of masked_loss after the model, as MLX arrays; packed batches add their
+    segment ids and rotary positions."""
     positions = loss_positions(batch.mask)
-    return mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask), mx.array(positions)
+    arrays = (mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask), mx.array(positions))
+    if batch.segment_ids is not None:
+        arrays += (mx.array(batch.segment_ids), mx.array(batch.rope_positions))
+    return arrays
 
 
 class _Window:
@@ -357,16 +389,21 @@ class _Window:
     """
 
     def __init__(self):
-        self.loss = self.ntok = self.real = self.padded = 0.0
+        self.loss = self.ntok = self.real = self.padded = self.samples = 0.0
+        self.steps = 0
+        self.samples_seen = 0  # over the whole run (this process's count since a resume)
         self.last_loss: float | None = None
         self.all = dict(loss=0.0, ntok=0.0, real=0.0, padded=0.0, seconds=0.0)
         self.t0 = time.perf_counter()
 
-    def add(self, loss_sum: float, ntok: float, real: float, padded: float) -> None:
+    def add(self, loss_sum: float, ntok: float, real: float, padded: float, samples: float = 0.0) -> None:
         self.loss += loss_sum
         self.ntok += ntok
         self.real += real
         self.padded += padded
+        self.samples += samples
+        self.samples_seen += int(samples)
+        self.steps += 1
 
     def restart_clock(self) -> None:
         self.t0 = time.perf_counter()
@@ -378,10 +415,14 @@ class _Window:
             "tokens_per_s": self.ntok / seconds,
             "all_tokens_per_s": self.real / seconds,
             "padding_share": 1.0 - self.real / max(self.padded, 1.0),
+            # Packing changes how many samples a step trains on: compare runs at equal samples_seen.
+            "samples_per_step": self.samples / max(self.steps, 1),
+            "samples_seen": self.samples_seen,
         }
         for key, value in (("loss", self.loss), ("ntok", self.ntok), ("real", self.real), ("padded", self.padded), ("seconds", seconds)):
             self.all[key] += value
-        self.loss = self.ntok = self.real = self.padded = 0.0
+        self.loss = self.ntok = self.real = self.padded = self.samples = 0.0
+        self.steps = 0
         self.t0 = time.perf_counter()
         self.last_loss = metrics["train_loss"]
         return metrics

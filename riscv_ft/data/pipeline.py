@@ -297,10 +297,22 @@ class Batch:
     targets: np.ndarray  # (B, L) next-token ids
     mask: np.ndarray  # (B, L) 1.0 where the target counts in the loss
     real_tokens: int  # input positions that hold a real token (not padding)
+    # Packed rows only (riscv_ft.data.packing), else None. Per position: which sample of the
+    # row it belongs to (1, 2, ...; 0 for padding), and its position within that sample
+    # (0..n-1, for the rotary embedding; not the flat loss positions of `loss_positions`).
+    segment_ids: np.ndarray | None = None
+    rope_positions: np.ndarray | None = None
 
     @property
     def loss_tokens(self) -> int:
         return int(self.mask.sum())
+
+    @property
+    def samples(self) -> int:
+        """How many samples the batch trains on (a packed row holds several)."""
+        if self.segment_ids is None:
+            return len(self.inputs)
+        return int(self.segment_ids.max(axis=1, initial=0).sum())
 
     @property
     def padded_tokens(self) -> int:
@@ -364,9 +376,17 @@ def check_batch_size(train: list, batch_size: int) -> None:
 
 def iterate_training_batches(
     samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, start_step: int = 0,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, pack_length: int = 0,
 ) -> Iterator[Batch]:
-    """Endless stream of this rank's share of each global batch, epoch after epoch, from start_step."""
+    """Endless stream of this rank's share of each global batch, epoch after epoch, from start_step.
+
+    With pack_length > 0 (data.pack=true) a batch is batch_size rows of pack_length positions,
+    each packed with several samples (riscv_ft.data.packing)."""
+    if pack_length > 0:
+        from riscv_ft.data.packing import iterate_packed_batches
+
+        yield from iterate_packed_batches(samples, batch_size, pack_length, seed, start_step, rank, world_size)
+        return
     check_batch_size(samples, batch_size)
     # Full batches only: a short last batch would weigh its few samples more (and would
     # leave some ranks without a share).
