@@ -370,10 +370,16 @@ def _deferred_interrupts():
             signal.signal(sig, handler)
 
 
+PACKED_LOSS_BUCKETS = 16
+
+
 def _arrays(batch: Batch):
     """The arguments of masked_loss after the model, as MLX arrays; packed batches add their
     segment ids and rotary positions."""
-    positions = loss_positions(batch.mask)
+    # Packed rows have one shape, so the loss-position count is the only one that varies:
+    # coarse buckets (a sixteenth of the batch) keep the compiled shapes to a handful.
+    multiple = 8 if batch.segment_ids is None else max(8, batch.inputs.size // PACKED_LOSS_BUCKETS)
+    positions = loss_positions(batch.mask, multiple)
     arrays = (mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask), mx.array(positions))
     if batch.segment_ids is not None:
         arrays += (mx.array(batch.segment_ids), mx.array(batch.rope_positions))

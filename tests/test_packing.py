@@ -199,3 +199,21 @@ def test_trainer_fits_packed_rows_and_reports_samples_per_step(smoke):
     assert per_step == expected and min(per_step) > cfg.trainer.batch_size
     assert summary["samples_seen"] == sum(expected)
     assert np.isfinite(summary["val_loss"])
+
+
+def test_packing_works_with_gradient_checkpointing():
+    from riscv_ft.trainer import enable_grad_checkpoint
+
+    cfg = compose(["experiment=smoke", "model.dtype=float32", "model.tiny.num_hidden_layers=2"])
+    loaded = load_base(cfg.model)
+    samples = prepare(cfg.data, loaded.tokenizer, seed=0).samples["train"][:4]
+    mx.random.seed(0)
+    apply_adapters(loaded.model, cfg.lora)
+    enable_grad_checkpoint(loaded.model)
+    value_and_grad = nn.value_and_grad(loaded.model, masked_loss)
+    (unpacked, _), unpacked_grads = value_and_grad(loaded.model, *_arrays(make_batch(samples, 8)))
+    packed_batch = make_packed_batch(samples, [[0, 1], [2, 3]], 64)
+    (packed, _), packed_grads = value_and_grad(loaded.model, *_arrays(packed_batch))
+    assert packed.item() == pytest.approx(unpacked.item(), rel=1e-5)
+    for (name, a), (_, b) in zip(tree_flatten(unpacked_grads), tree_flatten(packed_grads)):
+        assert float(mx.abs(a - b).max()) <= 1e-4 * float(mx.abs(a).max()) + 1e-9, name
