@@ -264,6 +264,7 @@ class Trainer:
             distributed.rank(), distributed.world_size(), pack_length=self.pack_length,
         )
         window = _Window()
+        window.samples_seen = _samples_before(train, cfg, self.state.step * cfg.grad_accumulation, self.pack_length)
         progress = _progress(cfg.iters, self.state.step)
         val_loss = math.nan
         start_step = self.state.step
@@ -368,6 +369,15 @@ def _deferred_interrupts():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _samples_before(train: list[Sample], cfg: DictConfig, micro_steps: int, pack_length: int) -> int:
+    """Samples trained on before micro-batch `micro_steps` (a resumed run counts on from there)."""
+    if not pack_length:
+        return micro_steps * cfg.batch_size
+    from riscv_ft.data.packing import samples_before
+
+    return samples_before(train, cfg.batch_size, pack_length, cfg.seed, micro_steps)
 
 
 PACKED_LOSS_BUCKETS = 16

@@ -9,7 +9,7 @@ import pytest
 from mlx.utils import tree_flatten, tree_map
 
 from riscv_ft.cli import compose
-from riscv_ft.data.packing import first_fit_decreasing, make_packed_batch, packed_batches, packed_epoch
+from riscv_ft.data.packing import first_fit_decreasing, make_packed_batch, packed_batches, packed_epoch, samples_before
 from riscv_ft.data.pipeline import Sample, iterate_training_batches, length_bucketed_batches, make_batch, padding_share, prepare
 from riscv_ft.model import apply_adapters, load_base
 from riscv_ft.packed_forward import _RoPEAtPositions, block_diagonal_causal_mask
@@ -75,6 +75,7 @@ def test_packed_stream_resumes_where_the_uninterrupted_one_was_and_changes_order
     resumed = stream(per_epoch + 1, per_epoch + 2)
     assert all(np.array_equal(a.inputs, b.inputs) for a, b in zip(full[per_epoch + 1 :], resumed))
     assert sum(b.samples for b in full[:per_epoch]) == len(samples)
+    assert samples_before(samples, 2, 96, 0, per_epoch + 1) == sum(b.samples for b in full[: per_epoch + 1])
     assert not all(np.array_equal(a.inputs, b.inputs) for a, b in zip(full[:per_epoch], full[per_epoch : 2 * per_epoch]))
 
 
@@ -197,6 +198,10 @@ def test_trainer_fits_packed_rows_and_reports_samples_per_step(smoke):
     per_step = [m["samples_per_step"] for m in metrics if "samples_per_step" in m]
     expected = [b.samples for b in packed_batches(data.samples["train"], cfg.trainer.batch_size, 128, cfg.trainer.seed)[:3]]
     assert per_step == expected and min(per_step) > cfg.trainer.batch_size
+    assert summary["samples_seen"] == sum(expected)
+    # Resumed at step 2, the count goes on from the samples of the first two steps.
+    trainer.state.step, cfg.trainer.iters = 2, 3
+    summary = trainer.fit(data.samples["train"], data.samples["valid"][:8], lambda step, m: None, lambda step: None)
     assert summary["samples_seen"] == sum(expected)
     assert np.isfinite(summary["val_loss"])
 

@@ -111,3 +111,14 @@ def iterate_packed_batches(
         for batch in batches[skip:]:
             yield make_packed_batch(samples, batch[rank::world_size], width)
         skip, epoch = 0, epoch + 1
+
+
+def samples_before(samples: list[Sample], rows_per_batch: int, width: int, seed: int, micro_steps: int) -> int:
+    """How many samples the first `micro_steps` packed global batches hold (all ranks
+    together): what a run resumed at that point has already trained on."""
+    total, epoch = 0, 0
+    while micro_steps > 0:
+        batches = packed_epoch(samples, rows_per_batch, width, seed, epoch)
+        total += sum(len(row) for batch in batches[:micro_steps] for row in batch)
+        micro_steps, epoch = micro_steps - len(batches), epoch + 1
+    return total
