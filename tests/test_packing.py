@@ -2,6 +2,8 @@
 epoch, whole rows dealt to data-parallel ranks, resumable; and the packed forward, whose
 per-sample losses and gradients equal the unpacked ones on the tiny model."""
 
+import json
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -14,6 +16,7 @@ from riscv_ft.data.pipeline import Sample, iterate_training_batches, length_buck
 from riscv_ft.model import apply_adapters, load_base
 from riscv_ft.packed_forward import _RoPEAtPositions, block_diagonal_causal_mask
 from riscv_ft.trainer import Trainer, _arrays, masked_loss
+from tests.conftest import run_train
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +225,28 @@ def test_packing_works_with_gradient_checkpointing():
     assert packed.item() == pytest.approx(unpacked.item(), rel=1e-5)
     for (name, a), (_, b) in zip(tree_flatten(unpacked_grads), tree_flatten(packed_grads)):
         assert float(mx.abs(a - b).max()) <= 1e-4 * float(mx.abs(a).max()) + 1e-9, name
+
+
+def test_packing_refuses_a_model_it_cannot_pack_and_accepts_the_tiny_mistral(smoke):
+    from mlx_lm.models import qwen2
+
+    from riscv_ft.packed_forward import packing_problem
+
+    assert packing_problem(smoke[1].model) is None
+    other = qwen2.Model(qwen2.ModelArgs(model_type="qwen2", hidden_size=32, num_hidden_layers=1, intermediate_size=64,
+                                        num_attention_heads=2, rms_norm_eps=1e-5, vocab_size=64, num_key_value_heads=2))
+    assert "'qwen2'" in packing_problem(other)
+
+
+def test_a_packed_run_from_the_command_line_logs_its_samples_per_step(tmp_path):
+    result = run_train("experiment=smoke", "data.pack=true", "data.max_seq_length=128", "trainer.iters=4",
+                       "trainer.report_every=2", "trainer.eval_every=0", "eval.num_rows=1", "eval.max_tokens=4",
+                       "tracking.enabled=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = (tmp_path / "config.yaml").read_text()
+    assert "pack: true" in config
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    # Four 128-position rows hold more than four samples: the trainer packed them.
+    assert metrics["samples_seen"] > 4 * 4
+    assert all(h["samples_per_step"] > 4 for h in history if "samples_per_step" in h)
