@@ -407,7 +407,7 @@ class _Window:
     def __init__(self):
         self.loss = self.ntok = self.real = self.padded = self.samples = 0.0
         self.steps = 0
-        self.samples_seen = 0  # over the whole run (this process's count since a resume)
+        self.samples_seen = 0  # over the whole run; fit sets where a resumed run starts
         self.last_loss: float | None = None
         self.all = dict(loss=0.0, ntok=0.0, real=0.0, padded=0.0, seconds=0.0)
         self.t0 = time.perf_counter()
