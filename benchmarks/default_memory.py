@@ -82,10 +82,10 @@ def measure(overrides: list[str], iters: int, data_path: str) -> tuple[dict, obj
     data = prepare(cfg.data, loaded.tokenizer, cfg.trainer.seed)
     mx.random.seed(0)
     apply_adapters(loaded.model, cfg.lora)
-    trainer = Trainer(loaded.model, cfg.trainer, cfg.data.pad_to_multiple)
+    trainer = Trainer.for_run(loaded.model, cfg)
     trainer.fit(data.samples["train"], data.samples["valid"], lambda s, m: None, lambda s: None)
     longest = sorted(data.samples["train"], key=lambda s: len(s.tokens))[-cfg.trainer.batch_size:]
-    widest = make_batch(longest, cfg.data.pad_to_multiple)
+    widest = make_batch(longest, trainer.pad_to_multiple, min_width=trainer.min_width)
     mx.eval(trainer._queue_step([widest], iters + 1))
     train_peak = mx.get_peak_memory()  # fit resets the counter: this is training alone
     result = {

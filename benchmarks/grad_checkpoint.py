@@ -51,7 +51,7 @@ def measure(seq: int, checkpoint: bool, args) -> dict:
     loaded = load_base(cfg.model)
     mx.random.seed(0)
     apply_adapters(loaded.model, cfg.lora)
-    trainer = Trainer(loaded.model, cfg.trainer, cfg.data.pad_to_multiple)
+    trainer = Trainer.for_run(loaded.model, cfg)
     train = synthetic_samples(args.batch_size * args.iters, seq + 1, seed=1)  # seq inputs after the shift
     valid = synthetic_samples(args.batch_size, seq + 1, seed=2)
     summary = trainer.fit(train, valid, lambda step, metrics: None, lambda step: None)

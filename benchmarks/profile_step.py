@@ -57,8 +57,9 @@ def main() -> None:
     del loaded
     release_memory()
     model = lora_model(cfg, args.model, args.num_layers).model
-    trainer = Trainer(model, cfg.trainer, cfg.data.pad_to_multiple)
-    batches = iterate_training_batches(data.samples["train"], cfg.trainer.batch_size, cfg.data.pad_to_multiple, cfg.trainer.seed)
+    trainer = Trainer.for_run(model, cfg)
+    batches = iterate_training_batches(data.samples["train"], cfg.trainer.batch_size, trainer.pad_to_multiple, cfg.trainer.seed,
+                                       pack_length=trainer.pack_length, min_width=trainer.min_width)
 
     seen, rows, previous = set(), [], None
     t_start = time.perf_counter()

@@ -157,7 +157,7 @@ class Meter:
 
 def validation_loss(model, cfg, valid) -> float:
     """One evaluation for both models: riscv_ft's token-weighted mean over the whole split."""
-    return Trainer(model, cfg.trainer, cfg.data.pad_to_multiple).evaluate(valid, max_batches=-1)
+    return Trainer.for_run(model, cfg).evaluate(valid, max_batches=-1)
 
 
 # ---------------------------------------------------------------- the two loops
@@ -178,7 +178,7 @@ def run_ours(cfg, choice, num_layers, data) -> dict:
         if step == cfg.trainer.iters and "train_loss" in metrics:
             meter.finish()
 
-    trainer = Trainer(loaded.model, cfg.trainer, cfg.data.pad_to_multiple)
+    trainer = Trainer.for_run(loaded.model, cfg)
     mx.random.seed(cfg.trainer.seed)
     with mock.patch.object(riscv_ft.trainer, "iterate_training_batches", counted):
         summary = trainer.fit(data.samples["train"], data.samples["valid"], on_metrics, lambda step: None)
@@ -277,7 +277,7 @@ def run_ours_synthetic(cfg, choice, num_layers, width: int) -> dict:
     loaded = lora_model(cfg, choice, num_layers)
     train = synthetic_samples(cfg.trainer.batch_size * 64, width)
     cfg.trainer.report_every = max(1, cfg.trainer.iters // 6)  # a few reads of the loss, as in a real run
-    trainer = Trainer(loaded.model, cfg.trainer, cfg.data.pad_to_multiple)
+    trainer = Trainer.for_run(loaded.model, cfg)
     times = {}
 
     def on_metrics(step: int, metrics: dict) -> None:

@@ -29,10 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from riscv_ft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
-from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
+from riscv_ft.data.packing import packed_batches
+from riscv_ft.data.pipeline import (check_batch_size, length_bucketed_batches, min_batch_width, padding_share, prepare,
+                                    prepare_rows, write_splits)
 from riscv_ft.evaluate.model_eval import answer_rows, describe, evaluate_model, headline_metrics, write_evaluation
 from riscv_ft.memory import warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
+from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
 from riscv_ft.runtime import INSTALL_HINT, blas_in_use
 from riscv_ft.trainer import Interrupted, Trainer, TrainState
@@ -84,7 +87,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
     seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
     lora_meta = apply_adapters(model, cfg.lora)
     n_trainable = sum(p.size for p in trainable_parameters(model).values())
-    epoch_batches = length_bucketed_batches(data.samples["train"], cfg.trainer.batch_size, cfg.data.pad_to_multiple, cfg.trainer.seed)
+    pack_length = cfg.data.max_seq_length if cfg.data.pack else 0
+    if pack_length:
+        problem = packing_problem(model)
+        if problem:
+            raise ConfigError(f"data.pack=true: {problem}; set data.pack=false")
+        epoch_batches = packed_batches(data.samples["train"], cfg.trainer.batch_size, pack_length, cfg.trainer.seed)
+    else:
+        epoch_batches = length_bucketed_batches(data.samples["train"], cfg.trainer.batch_size, cfg.data.pad_to_multiple,
+                                                cfg.trainer.seed, min_width=min_batch_width(cfg.data))
     derived = {
         "lora.scale": lora_scale(cfg.lora),
         "trainable_parameters": n_trainable,
@@ -92,6 +103,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         "batches_per_epoch": len(epoch_batches),
         "epochs": round(cfg.trainer.iters * cfg.trainer.grad_accumulation / max(len(epoch_batches), 1), 3),
         "data.padding_share_epoch": round(padding_share(epoch_batches), 4),
+        "data.samples_per_batch": round(len(data.samples["train"]) / max(len(epoch_batches), 1), 2),
         "memory.estimate_gb": memory["total_gb"],
         **data.report.as_params(),
     }
@@ -102,7 +114,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         loaded.base_ref, n_trainable, method, len(epoch_batches), 100 * derived["data.padding_share_epoch"],
     )
 
-    trainer = Trainer(model, cfg.trainer, cfg.data.pad_to_multiple)
+    trainer = Trainer.for_run(model, cfg)
     history: list[dict] = []
     if checkpoint is not None:
         load_checkpoint(checkpoint, model, trainer.optimizer)

@@ -26,7 +26,9 @@ from mlx.utils import tree_flatten, tree_map, tree_reduce
 from omegaconf import DictConfig
 
 from riscv_ft import distributed
-from riscv_ft.data.pipeline import Batch, Sample, iterate_training_batches, length_bucketed_batches, shape_bucket
+from riscv_ft.data.pipeline import (Batch, Sample, iterate_training_batches, length_bucketed_batches, min_batch_width,
+                                    shape_bucket)
+from riscv_ft.packed_forward import packed_hidden, packing_problem
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def masked_loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, positions: mx.array | None = None):
+def masked_loss(
+    model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, positions: mx.array | None = None,
+    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None,
+):
     """Summed cross-entropy over the tokens the mask keeps, and how many it keeps.
 
     Returning the sum (not the mean) lets micro-batches and data-parallel ranks add up
@@ -47,28 +52,46 @@ def masked_loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.
     `loss_positions`) runs the output layer and the loss at those positions only: with the
     prompt masked that is a fifth of the batch, and the 32,768-wide output layer and its
     softmax were most of the tiny model's step (benchmarks/NOTES.md). Same sum, same gradients.
+
+    `segment_ids` and `rope_positions` (packed rows, see riscv_ft.data.packing) keep each
+    sample's attention within the sample and restart its rotary positions at 0, so every
+    sample's loss is its unpacked loss.
     """
-    if positions is None:
+    if positions is None and segment_ids is None:
         logits = model(inputs)
     else:
-        logits = _logits_at(model, inputs, positions)
-        targets, mask = targets.reshape(-1)[positions], mask.reshape(-1)[positions]
+        logits = _logits_at(model, inputs, positions, segment_ids, rope_positions)
+        targets, mask = targets.reshape(-1), mask.reshape(-1)
+        if positions is not None:
+            targets, mask = targets[positions], mask[positions]
     losses = _cross_entropy(logits.astype(mx.float32), targets) * mask
     return losses.sum(), mask.sum()
 
 
-def _logits_at(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:
-    """Logits at flat `positions` of the batch: the transformer runs on every position, the
-    output layer on the selected ones (mlx-lm's llama/mistral models; any other model computes
-    all logits and keeps the selected rows)."""
+def _logits_at(
+    model: nn.Module, inputs: mx.array, positions: mx.array | None,
+    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None,
+) -> mx.array:
+    """Logits at flat `positions` of the batch (all of them when None), flattened to
+    (positions, vocab): the transformer runs on every position, the output layer on the
+    selected ones (mlx-lm's llama/mistral models; any other model computes all logits and
+    keeps the selected rows). Packed rows (`segment_ids`) need a llama/mistral model."""
     body = getattr(model, "model", None)
     if getattr(model, "model_type", None) in ("llama", "mistral") and body is not None:
-        hidden = body(inputs)
-        hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+        if segment_ids is None:
+            hidden = body(inputs)
+        else:
+            hidden = packed_hidden(body, inputs, segment_ids, rope_positions)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        if positions is not None:
+            hidden = hidden[positions]
         head = getattr(model, "lm_head", None)
         return head(hidden) if head is not None else body.embed_tokens.as_linear(hidden)
+    if segment_ids is not None:
+        raise ValueError(packing_problem(model))
     logits = model(inputs)
-    return logits.reshape(-1, logits.shape[-1])[positions]
+    logits = logits.reshape(-1, logits.shape[-1])
+    return logits if positions is None else logits[positions]
 
 
 def _cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
@@ -163,10 +186,15 @@ class Trainer:
     report, evaluation and save steps.
     """
 
-    def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int, loss_fn: Callable = masked_loss):
+    def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int, pack_length: int = 0,
+                 min_width: int = 0, loss_fn: Callable = masked_loss):
         self.model = model
         self.cfg = trainer_cfg
-        self.pad_to_multiple = pad_to_multiple
+        # Batch widths: shape buckets of pad_to_multiple, at least min_width (data.min_width).
+        self.pad_to_multiple, self.min_width = pad_to_multiple, min_width
+        # data.pack: training batches are batch_size rows of pack_length positions, each
+        # holding several samples; 0 trains one sample per row. Validation is never packed.
+        self.pack_length = pack_length
         select = trainer_cfg.get("select_loss_positions")
         self.select_positions = (mx.default_device() == mx.cpu) if select is None else bool(select)
         self.schedule = learning_rate_schedule(trainer_cfg)
@@ -184,17 +212,23 @@ class Trainer:
             enable_grad_checkpoint(model)
         self._build_steps(loss_fn)
 
+    @classmethod
+    def for_run(cls, model: nn.Module, cfg: DictConfig, **kwargs) -> "Trainer":
+        """The Trainer a run of the whole config `cfg` uses: batch shapes and packing from cfg.data."""
+        return cls(model, cfg.trainer, cfg.data.pad_to_multiple, pack_length=cfg.data.max_seq_length if cfg.data.pack else 0,
+                   min_width=min_batch_width(cfg.data), **kwargs)
+
     def _build_steps(self, loss_fn: Callable) -> None:
         model, optimizer, cfg, bad_step = self.model, self.optimizer, self.cfg, self.bad_step
         loss_and_grad = nn.value_and_grad(model, loss_fn)
         compiled_state = [model.state, optimizer.state, mx.random.state, bad_step]
 
-        def grad_step(*batch):  # inputs, targets, mask, loss positions
-            (loss_sum, ntok), grads = loss_and_grad(model, *batch)
+        def grad_step(batch):  # masked_loss's arrays by name: inputs, targets, mask, [positions, segments]
+            (loss_sum, ntok), grads = loss_and_grad(model, **batch)
             return loss_sum, ntok, grads
 
         def apply_step(grads, local, step):
-            """local = [loss sum, answer tokens, real tokens, padded tokens] of this process.
+            """local = [loss sum, answer tokens, real tokens, padded tokens, samples] of this process.
 
             Gradients and counts are summed over processes and divided once by the global
             answer-token count: exactly the single-process update for the global batch. The
@@ -223,11 +257,11 @@ class Trainer:
             return totals
 
         def train_step(batch, local_counts, step):  # one micro-batch per optimizer step
-            loss_sum, ntok, grads = grad_step(*batch)
+            loss_sum, ntok, grads = grad_step(batch)
             return apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), local_counts]), step)
 
-        def eval_step(*batch):
-            return masked_loss(model, *batch)
+        def eval_step(batch):
+            return masked_loss(model, **batch)
 
         # Compiled functions belong to this Trainer, so a new run (or sweep job) never
         # reuses a graph traced for another model.
@@ -239,22 +273,22 @@ class Trainer:
 
     def _queue_step(self, micro: list[Batch], step: int) -> mx.array:
         """Build optimizer step `step` on the device and return its summed
-        [loss, answer tokens, real tokens, padded tokens]; nothing is waited for."""
+        [loss, answer tokens, real tokens, padded tokens, samples]; nothing is waited for."""
         mx.random.seed(step_seed(self.cfg.seed, step))
-        counts = mx.array([sum(b.real_tokens for b in micro), sum(b.padded_tokens for b in micro)], dtype=mx.float32)
+        counts = mx.array([sum(b.real_tokens for b in micro), sum(b.padded_tokens for b in micro),
+                           sum(b.samples for b in micro)], dtype=mx.float32)
         step_array = mx.array(step, dtype=mx.int32)
         if len(micro) == 1:
             return self._train_step(self._arrays(micro[0]), counts, step_array)
         loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
         for batch in micro:
-            ls, nt, g = self._grad_step(*self._arrays(batch))
+            ls, nt, g = self._grad_step(self._arrays(batch))
             loss_sum, ntok = loss_sum + ls, ntok + nt
             grads = g if grads is None else tree_map(mx.add, grads, g)
         return self._apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), counts]), step_array)
 
-    def _arrays(self, batch: Batch) -> tuple:
-        arrays = (mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask))
-        return (*arrays, mx.array(loss_positions(batch.mask))) if self.select_positions else arrays
+    def _arrays(self, batch: Batch) -> dict:
+        return batch_arrays(batch, self.select_positions)
 
     def check_finite(self) -> None:
         """Raise TrainingDiverged if a step met a non-finite loss or gradient (reads the device)."""
@@ -290,14 +324,14 @@ class Trainer:
     def evaluate(self, samples: list[Sample], max_batches: int = -1) -> float:
         """Token-weighted mean loss over the split (or its first max_batches batches)."""
         self.model.eval()
-        batches = length_bucketed_batches(samples, self.cfg.batch_size, self.pad_to_multiple, seed=0)
+        batches = length_bucketed_batches(samples, self.cfg.batch_size, self.pad_to_multiple, seed=0, min_width=self.min_width)
         if max_batches > 0:
             batches = batches[:max_batches]
         # Each process takes every world_size-th batch; one all_sum at the end, so ranks
         # with fewer batches never wait on a collective the others skip.
         total, count = mx.array(0.0), mx.array(0.0)
         for batch in batches[distributed.rank() :: distributed.world_size()]:
-            loss_sum, ntok = self._eval_step(*self._arrays(batch))
+            loss_sum, ntok = self._eval_step(self._arrays(batch))
             total, count = total + loss_sum, count + ntok
             mx.async_eval(total, count)
         total, count = distributed.all_sum(total), distributed.all_sum(count)
@@ -324,9 +358,10 @@ class Trainer:
         self.model.train()
         batches = iterate_training_batches(
             train, cfg.batch_size, self.pad_to_multiple, cfg.seed, self.state.step * cfg.grad_accumulation,
-            distributed.rank(), distributed.world_size(),
+            distributed.rank(), distributed.world_size(), pack_length=self.pack_length, min_width=self.min_width,
         )
         window = _Window()
+        window.samples_seen = _samples_before(train, cfg, self.state.step * cfg.grad_accumulation, self.pack_length)
         progress = _progress(cfg.iters, self.state.step)
         val_loss = math.nan
         start_step = self.state.step
@@ -365,7 +400,7 @@ class Trainer:
                     val_loss = self.evaluate(valid, cfg.val_batches)
                     stop_early = self._track_best(step, val_loss)
                     log.info("step %d/%d  val_loss %.4f", step, cfg.iters, val_loss)
-                    on_metrics(step, {"val_loss": val_loss})
+                    on_metrics(step, {"val_loss": val_loss, "samples_seen": window.samples_seen})
                     window.resume()
                 if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.iters or stop[0] or stop_early:
                     self.check_finite()
@@ -391,6 +426,7 @@ class Trainer:
             "tokens_per_s": totals["tokens_per_s"],
             "all_tokens_per_s": totals["all_tokens_per_s"],
             "padding_share": totals["padding_share"],
+            "samples_seen": window.samples_seen,
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
             "steps": self.state.step,
         }
@@ -432,25 +468,62 @@ def _deferred_interrupts():
             signal.signal(sig, handler)
 
 
+def _samples_before(train: list[Sample], cfg: DictConfig, micro_steps: int, pack_length: int) -> int:
+    """Samples trained on before micro-batch `micro_steps` (a resumed run counts on from there)."""
+    if not pack_length:
+        return micro_steps * cfg.batch_size
+    from riscv_ft.data.packing import samples_before
+
+    return samples_before(train, cfg.batch_size, pack_length, cfg.seed, micro_steps)
+
+
+PACKED_LOSS_BUCKETS = 16
+
+
+def batch_arrays(batch: Batch, select_positions: bool = True) -> dict:
+    """masked_loss's arguments after the model, as MLX arrays by name."""
+    arrays = {"inputs": mx.array(batch.inputs), "targets": mx.array(batch.targets), "mask": mx.array(batch.mask)}
+    if select_positions:
+        # Packed rows have one shape, so the loss-position count is the only one that varies:
+        # coarse buckets (a sixteenth of the batch) keep the compiled shapes to a handful.
+        multiple = 8 if batch.segment_ids is None else max(8, batch.inputs.size // PACKED_LOSS_BUCKETS)
+        arrays["positions"] = mx.array(loss_positions(batch.mask, multiple))
+    if batch.segment_ids is not None:
+        arrays.update(segment_ids=mx.array(batch.segment_ids), rope_positions=mx.array(batch.rope_positions))
+    return arrays
+
+
 class _Window:
     """Loss and throughput since the last report, and over the whole run.
 
-    The sums [loss, answer tokens, real tokens, padded tokens] stay on the device and are read
-    only at a report (flush), so counting them never stalls the loop. Time spent evaluating or
-    saving is excluded (pause/resume), so tokens/s is training speed only. The run's
-    train_loss is the last report's: an average over the whole run would mostly measure the
-    first steps.
+    The sums [loss, answer tokens, real tokens, padded tokens, samples] stay on the device and
+    are read only at a report (flush), so counting them never stalls the loop. Time spent
+    evaluating or saving is excluded (pause/resume), so tokens/s is training speed only. The
+    run's train_loss is the last report's: an average over the whole run would mostly measure
+    the first steps.
     """
 
     def __init__(self):
-        self.sums = mx.zeros(4, dtype=mx.float32)
+        self.sums = mx.zeros(5, dtype=mx.float32)
+        self.steps = 0
+        self.samples_flushed = 0  # samples trained before this window; fit sets where a resumed run starts
         self.last_loss: float | None = None
         self.all = dict(loss=0.0, ntok=0.0, real=0.0, padded=0.0, seconds=0.0)
         self.seconds = 0.0  # training time in this window before the last pause
         self.t0: float | None = time.perf_counter()
 
+    @property
+    def samples_seen(self) -> int:
+        """Samples trained on so far (packing changes how many a step takes: compare runs at equal samples_seen)."""
+        return self.samples_flushed + int(self.sums[4].item())
+
+    @samples_seen.setter
+    def samples_seen(self, value: int) -> None:
+        self.samples_flushed = value
+
     def add(self, totals: mx.array) -> None:
         self.sums = self.sums + totals
+        self.steps += 1
 
     def restart_clock(self) -> None:
         self.seconds, self.t0 = 0.0, time.perf_counter()
@@ -465,18 +538,22 @@ class _Window:
         self.t0 = time.perf_counter()
 
     def flush(self) -> dict:
-        loss, ntok, real, padded = self.sums.tolist()
+        loss, ntok, real, padded, samples = self.sums.tolist()
         seconds = max(self.seconds + (time.perf_counter() - self.t0 if self.t0 is not None else 0.0), 1e-9)
+        self.samples_flushed += int(samples)
         metrics = {
             "train_loss": loss / max(ntok, 1.0),
             "tokens_per_s": ntok / seconds,
             "all_tokens_per_s": real / seconds,
             "padding_share": 1.0 - real / max(padded, 1.0),
             "answer_tokens": ntok,  # of the global batch, since the last report
+            "samples_per_step": samples / max(self.steps, 1),
+            "samples_seen": self.samples_flushed,
         }
         for key, value in (("loss", loss), ("ntok", ntok), ("real", real), ("padded", padded), ("seconds", seconds)):
             self.all[key] += value
-        self.sums = mx.zeros(4, dtype=mx.float32)
+        self.sums = mx.zeros(5, dtype=mx.float32)
+        self.steps = 0
         self.restart_clock()
         self.last_loss = metrics["train_loss"]
         return metrics

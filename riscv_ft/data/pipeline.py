@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import mlx.core as mx
 import numpy as np
 from omegaconf import DictConfig
 
@@ -297,10 +298,22 @@ class Batch:
     targets: np.ndarray  # (B, L) next-token ids
     mask: np.ndarray  # (B, L) 1.0 where the target counts in the loss
     real_tokens: int  # input positions that hold a real token (not padding)
+    # Packed rows only (riscv_ft.data.packing), else None. Per position: which sample of the
+    # row it belongs to (1, 2, ...; 0 for padding), and its position within that sample
+    # (0..n-1, for the rotary embedding; not the flat loss positions of `loss_positions`).
+    segment_ids: np.ndarray | None = None
+    rope_positions: np.ndarray | None = None
 
     @property
     def loss_tokens(self) -> int:
         return int(self.mask.sum())
+
+    @property
+    def samples(self) -> int:
+        """How many samples the batch trains on (a packed row holds several)."""
+        if self.segment_ids is None:
+            return len(self.inputs)
+        return int(self.segment_ids.max(axis=1, initial=0).sum())
 
     @property
     def padded_tokens(self) -> int:
@@ -312,27 +325,37 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def shape_bucket(n: int, multiple: int) -> int:
-    """The smallest of multiple * {1, 2, 3, 4, 6, 8, 12, 16, ...} (a power of two, or 1.5 times
-    one) that holds n.
+    """n rounded up to a multiple of `multiple` or of a quarter of the power of two below n,
+    whichever is larger: ..., 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, ...
 
     Batch widths and loss-position counts are rounded up to these, so a run compiles a
-    handful of step shapes (each new shape traces and compiles the whole graph again, which
-    on a GPU costs more than the padding) while padding stays under a third of a row.
+    handful of step shapes (each new shape traces and compiles the whole step again) while
+    padding stays under a fifth of a row.
     """
-    size = multiple
-    while size < n:
-        half_step = size // 2 if size & (size - 1) == 0 and size >= 2 * multiple else 0
-        size = size + half_step if half_step else (size * 4 // 3 if size % 3 == 0 else size * 2)
-    return size
+    n = max(n, 1)
+    return round_up(n, max(multiple, 1 << max((n - 1).bit_length() - 3, 0)))
 
 
-def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0) -> Batch:
+def min_batch_width(data_cfg: DictConfig) -> int:
+    """data.min_width, resolved: null means 256 on an NVIDIA GPU, none elsewhere.
+
+    Measured on an H200 (benchmarks/NOTES.md): a 7B LoRA step costs the same at 4 x 80 as at
+    4 x 256 tokens (it is bound by kernel launches), while each new width costs a trace and
+    kernel compilation of the whole step. On a Mac's GPU and on a CPU padding costs compute.
+    """
+    if data_cfg.get("min_width") is not None:
+        return int(data_cfg.min_width)
+    return 256 if mx.default_device() == mx.gpu and mx.cuda.is_available() else 0
+
+
+def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0, min_width: int = 0) -> Batch:
     """Pad to the longest sample, rounded up to a shape bucket, and mask prompt and padding.
 
     Inputs are tokens[:-1] and targets tokens[1:], so the loss never trains a padding token
     (mlx-lm's `steps <= lengths` trains one per sequence).
     """
-    width = shape_bucket(max(len(s.tokens) - 1 for s in samples), pad_to_multiple)
+    width = shape_bucket(max((len(s.tokens) - 1 for s in samples), default=1), pad_to_multiple)
+    width = max(width, round_up(min_width, pad_to_multiple))
     inputs = np.full((len(samples), width), pad_id, dtype=np.int32)
     targets = np.full((len(samples), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(samples), width), dtype=np.float32)
@@ -359,13 +382,13 @@ def length_buckets(samples: list[Sample], batch_size: int, seed: int, epoch: int
 
 def length_bucketed_batches(
     samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, epoch: int = 0,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, min_width: int = 0,
 ) -> list[Batch]:
     """One epoch of padded batches. With several processes each global batch is dealt out:
     this rank keeps every world_size-th sample from position `rank` (a short last batch may
     leave a rank nothing)."""
     shares = [group[rank::world_size] for group in length_buckets(samples, batch_size, seed, epoch)]
-    return [make_batch([samples[i] for i in share], pad_to_multiple) for share in shares if share]
+    return [make_batch([samples[i] for i in share], pad_to_multiple, min_width=min_width) for share in shares if share]
 
 
 def check_batch_size(train: list, batch_size: int) -> None:
@@ -379,9 +402,17 @@ def check_batch_size(train: list, batch_size: int) -> None:
 
 def iterate_training_batches(
     samples: list[Sample], batch_size: int, pad_to_multiple: int, seed: int, start_step: int = 0,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, pack_length: int = 0, min_width: int = 0,
 ) -> Iterator[Batch]:
-    """Endless stream of this rank's share of each global batch, epoch after epoch, from start_step."""
+    """Endless stream of this rank's share of each global batch, epoch after epoch, from start_step.
+
+    With pack_length > 0 (data.pack=true) a batch is batch_size rows of pack_length positions,
+    each packed with several samples (riscv_ft.data.packing)."""
+    if pack_length > 0:
+        from riscv_ft.data.packing import iterate_packed_batches
+
+        yield from iterate_packed_batches(samples, batch_size, pack_length, seed, start_step, rank, world_size)
+        return
     check_batch_size(samples, batch_size)
     # Full batches only: a short last batch would weigh its few samples more (and would
     # leave some ranks without a share).
@@ -390,7 +421,7 @@ def iterate_training_batches(
     while True:
         groups = [g for g in length_buckets(samples, batch_size, seed, epoch) if len(g) == batch_size]
         for group in groups[skip:]:
-            yield make_batch([samples[i] for i in group[rank::world_size]], pad_to_multiple)
+            yield make_batch([samples[i] for i in group[rank::world_size]], pad_to_multiple, min_width=min_width)
         skip, epoch = 0, epoch + 1
 
 
