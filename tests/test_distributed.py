@@ -54,6 +54,29 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert len(runs) == 1 and runs.iloc[0].status == "FINISHED"
 
 
+def test_one_step_with_unequal_answer_tokens_per_rank_matches_one_process(tmp_path):
+    """tests/dp_one_step.py deals 5 answer tokens to rank 0 and 70 to rank 1. Token-weighted
+    averaging (sum the gradients, divide once by the global count) gives the single-process
+    weights: largest difference 1.3e-6 measured. A mean of per-rank means weighs rank 0's
+    tokens 14x more: 6.3e-4 measured with that averaging put in on purpose."""
+    import mlx.core as mx
+
+    script = str(REPO / "tests" / "dp_one_step.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    single = subprocess.run([sys.executable, script, str(tmp_path / "single.safetensors")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    parallel = subprocess.run([*_launcher(), "-n", "2", "--backend", "ring", "--", sys.executable, script,
+                               str(tmp_path / "parallel.safetensors")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert (tmp_path / "parallel.safetensors").is_file(), (parallel.stdout + parallel.stderr)[-3000:]
+    a, b = mx.load(str(tmp_path / "single.safetensors")), mx.load(str(tmp_path / "parallel.safetensors"))
+    assert a.keys() == b.keys()
+    largest = max(float(mx.abs(a[k] - b[k]).max()) for k in a)
+    print(f"largest weight difference, 2 processes against 1: {largest:.3g}")
+    assert largest <= 1e-5
+
+
 def test_a_global_batch_that_does_not_divide_fails_cleanly(tmp_path):
     launch = _launcher()
     result = subprocess.run(
