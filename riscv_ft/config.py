@@ -100,9 +100,13 @@ class DataConfig:
     prompt_format: str = "chat"
     # Loss on answer tokens only (the prompt is masked out).
     mask_prompt: bool = True
-    # Longest tokenized sample; longer ones are truncated or dropped (counted either way).
+    # Longest tokenized sample (prompt + answer + EOS). A sample whose prompt alone is this
+    # long is always dropped; all are counted (data.<split>_too_long, _prompt_too_long).
     max_seq_length: int = 512
-    too_long: str = "truncate"
+    # What happens to a longer answer: drop the sample (default); truncate: cut the answer,
+    # no EOS (the model never learns to stop at the cut); truncate_keep_eos: cut it and end
+    # it with EOS (the model learns to stop where it was cut: only if that is what you want).
+    too_long: str = "drop"
     # Batches are padded to a multiple of this many tokens (fewer compiled shapes).
     pad_to_multiple: int = 8
 
@@ -210,7 +214,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("data.test_fraction", lambda v: 0.0 <= v < 0.5, "a number in [0, 0.5)"),
     ("data.prompt_format", lambda v: v in ("chat", "completion"), "one of chat, completion"),
     ("data.max_seq_length", lambda v: v >= 8, "an integer >= 8"),
-    ("data.too_long", lambda v: v in ("truncate", "drop"), "one of truncate, drop"),
+    ("data.too_long", lambda v: v in ("drop", "truncate", "truncate_keep_eos"), "one of drop, truncate, truncate_keep_eos"),
     ("data.pad_to_multiple", lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
     ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.iters", lambda v: v >= 1, "an integer >= 1"),
