@@ -252,6 +252,37 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
     if cfg.data.source == "file" and not cfg.data.path:
         raise ConfigError("data.path must name a .jsonl, .json or .parquet file when data.source=file")
+    if cfg.lora.fine_tune_type == "full" and cfg.model.quantize.enabled:
+        # Quantized weights are packed integers: MLX has no gradient for them.
+        raise ConfigError("lora.fine_tune_type=full cannot train a quantized base (model.quantize.enabled=true): "
+                          "set model.quantize.enabled=false, or train adapters on it with lora.fine_tune_type=lora (QLoRA)")
+
+
+# (key prefix, when the composed config never reads it, why). A command-line override of such
+# a key would be silently ignored: the preset chose another source.
+_IGNORED: list[tuple[str, Any, str]] = [
+    ("model.path", lambda c: c.model.source == "tiny", "model.source=tiny builds the tiny model; add model.source=hub to load model.path"),
+    ("model.tiny.", lambda c: c.model.source != "tiny", "model.source={source} loads model.path; model.tiny.* shapes only the tiny model"),
+    ("data.hub_", lambda c: bool(c.data.path) or c.data.source != "hub",
+     "the data comes from {data_origin}; data.hub_id/hub_split are read only when data.source=hub and data.path is unset"),
+    ("data.synthetic_", lambda c: bool(c.data.path) or c.data.source != "synthetic",
+     "the data comes from {data_origin}; data.synthetic_* are read only when data.source=synthetic and data.path is unset"),
+]
+
+
+def check_overrides_used(cfg: DictConfig, overrides: list[str]) -> None:
+    """Raise ConfigError for a `key=value` override that the composed config never reads
+    (e.g. `experiment=smoke model.path=x`: smoke builds the tiny model, so the path would be ignored)."""
+    presets = " ".join(o for o in overrides if o.split("=", 1)[0] in ("experiment", "model", "data")) or "the defaults"
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep:
+            continue
+        for prefix, ignored, why in _IGNORED:
+            if key.startswith(prefix) and ignored(cfg):
+                origin = f"data.path={cfg.data.path}" if cfg.data.path else f"data.source={cfg.data.source}"
+                reason = why.format(source=cfg.model.source, data_origin=origin)
+                raise ConfigError(f"{key}={value} would be ignored with {presets}: {reason}")
 
 
 def lora_scale(lora: LoraConfig | DictConfig) -> float:

@@ -152,6 +152,10 @@ BAD_INPUTS = [
     (["model.source=hub", "model.path={tmp}/no_model"], {}, "no such folder"),
     (["model.source=hub", "model.path={tmp}/not_a_model"], {"not_a_model": None}, "model=tiny"),
     (["resume={tmp}"], {}, "not a run folder"),
+    (["data.path={tmp}/a_folder"], {"a_folder": None}, "a_folder' is a folder; expected a .jsonl"),
+    (["eval.num_rows=-5"], {}, "eval.num_rows=-5 is not allowed: expected -1 (all) or an integer >= 1"),
+    (["model.path={tmp}/x.safetensors"], {}, "would be ignored with experiment=smoke: model.source=tiny builds the tiny model"),
+    (["lora.fine_tune_type=full", "model.quantize.enabled=true"], {}, "cannot train a quantized base (model.quantize.enabled=true)"),
 ]
 
 
@@ -171,6 +175,27 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, overrides, files, e
     assert "Traceback" not in result.stderr + result.stdout
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
     assert not (tmp_path / "run" / "adapters").exists()
+
+
+def test_full_fine_tune_of_a_pre_quantized_base_is_one_line(tmp_path):
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    from riscv_ft.cli import compose
+    from riscv_ft.model import load_base, tiny_model_dir
+
+    tiny = compose(["model=tiny"]).model
+    source, folder = tiny_model_dir(tiny.tiny), tmp_path / "tiny-4bit"
+    folder.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    model, config = quantize_model(load_base(tiny).model, json.loads((source / "config.json").read_text()), 64, 4)
+    save_model(folder, model)
+    save_config(config, folder / "config.json")
+    result = run_train("experiment=smoke", "model.source=hub", f"model.path={folder}", "lora.fine_tune_type=full",
+                       "tracking.enabled=false", f"hydra.run.dir={tmp_path}/run")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and "cannot train a quantized base" in lines[0] and "lora.fine_tune_type=lora" in lines[0], lines
 
 
 def test_resume_of_a_run_without_checkpoint_is_refused(tmp_path):

@@ -98,6 +98,8 @@ def _load_hub(hub_id: str, split: str, report: DataReport) -> list[dict]:
 
 
 def _read_file(path: Path, report: DataReport) -> list[dict]:
+    if path.is_dir():
+        raise DataError(f"data.path={str(path)!r} is a folder; expected a .jsonl, .json or .parquet file")
     if not path.is_file():
         raise DataError(f"data.path={str(path)!r}: no such file")
     if path.stat().st_size == 0:
