@@ -4,6 +4,13 @@
         adapters.safetensors   trainable weights
         optimizer.safetensors  AdamW state (moments, step = schedule position)
         state.json             step, best validation loss, MLflow run id, metric history
+    RUN/checkpoints/best-000080/
+        adapters.safetensors, adapter_config.json   the adapter at the best validation loss
+        state.json             its step and validation loss
+
+The best adapter is written whenever the validation loss improves, whatever the save
+schedule, and is never pruned by keep_checkpoints: early stopping restores it, also after a
+resume. Older best-* folders are removed once no kept step checkpoint refers to them.
 
 The random key cannot be set back in MLX, so the trainer reseeds from (seed, step) at every
 checkpoint instead: a resumed run then draws the same numbers as one left alone.
@@ -24,6 +31,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 PREFIX = "step-"
+BEST_PREFIX = "best-"
 
 
 @dataclass
@@ -64,6 +72,43 @@ def _prune(root: Path, keep: int, best_step: int | None) -> None:
         if folder not in protected:
             shutil.rmtree(folder, ignore_errors=True)
     for stale in root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    _prune_best(root)
+
+
+def save_best(root: Path, step: int, val_loss: float, write_adapter) -> Path:
+    """Write the best adapter (`write_adapter(folder)` writes its files) as best-NNNNNN/,
+    atomically, then remove best folders nothing refers to any more."""
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / f"{BEST_PREFIX}{step:06d}", root / f".tmp-{BEST_PREFIX}{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write_adapter(tmp)
+    (tmp / "state.json").write_text(json.dumps({"step": step, "val_loss": val_loss}))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _prune_best(root)
+    return final
+
+
+def best_adapter(root: Path, step: int) -> Path | None:
+    """The best-* folder written at `step` (what a checkpoint's best_step names), if complete."""
+    folder = root / f"{BEST_PREFIX}{step:06d}"
+    return folder if (folder / "state.json").is_file() else None
+
+
+def _prune_best(root: Path) -> None:
+    """Keep the newest best folder and any that a kept step checkpoint names as its best (a
+    resume from that checkpoint restores it)."""
+    bests = sorted(p for p in root.glob(f"{BEST_PREFIX}*") if (p / "state.json").is_file())
+    wanted = {root / f"{BEST_PREFIX}{json.loads((c / 'state.json').read_text()).get('best_step') or 0:06d}"
+              for c in list_checkpoints(root)}
+    for folder in bests[:-1]:
+        if folder not in wanted:
+            shutil.rmtree(folder, ignore_errors=True)
+    for stale in root.glob(f".tmp-{BEST_PREFIX}*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -137,7 +137,8 @@ class TrainerConfig:
     val_batches: int = -1
     # Save adapters every N steps (and at the end); 0 only at the end.
     save_every: int = 100
-    # Checkpoints kept under RUN/checkpoints (the newest ones, plus the best by val loss).
+    # Step checkpoints kept under RUN/checkpoints (the newest ones). The best adapter by
+    # validation loss is kept apart (checkpoints/best-NNNNNN/) whatever this says.
     keep_checkpoints: int = 2
     # Stop when the validation loss has not improved for this many evaluations (0: never)
     # and keep the best adapter as the final one.

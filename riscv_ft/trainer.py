@@ -141,6 +141,10 @@ class TrainState:
 
 
 class Trainer:
+    # Called as on_best(step, val_loss) whenever the validation loss improves, while the model
+    # holds those weights: the run checkpoints its best adapter there (riscv_ft.experiment).
+    on_best: Callable[[int, float], None] | None = None
+
     def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int):
         self.model = model
         self.cfg = trainer_cfg
@@ -194,6 +198,8 @@ class Trainer:
             if self.cfg.early_stopping_patience:
                 # MLX arrays are immutable: keeping references is a snapshot, not a copy.
                 self.best_weights = dict(tree_flatten(self.model.trainable_parameters()))
+            if self.on_best is not None:
+                self.on_best(step, val_loss)
             return False
         self.state.evals_without_improvement += 1
         patience = self.cfg.early_stopping_patience
