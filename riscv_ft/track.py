@@ -234,6 +234,11 @@ def sweep_tags_from_env() -> dict:
     return tags
 
 
+# What interrupted a tracked run in this process (Ctrl-C, SIGTERM), if anything: the sweep's
+# exit handler reads it to end its parent KILLED rather than FAILED.
+interrupted_by: str | None = None
+
+
 def end_active_run(status: str = "KILLED") -> None:
     """End any run left active in this process (by an earlier job of a sweep)."""
     import mlflow
@@ -262,7 +267,9 @@ def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | Non
     tracker = Tracker(run)
     try:
         yield tracker
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        global interrupted_by
+        interrupted_by = str(err) or "Ctrl-C"
         mlflow.set_tag(FAILURE_TAG, "interrupted (Ctrl-C or SIGTERM)")
         mlflow.end_run("KILLED")
         raise
