@@ -152,6 +152,10 @@ class TrackingConfig:
     # MLflow tracking URI; null means the project's SQLite store in mlruns/.
     uri: Optional[str] = None
     experiment_name: str = "riscv-asm-lora"
+    # With a remote server, tracking calls are sent in the background; at the end of a run,
+    # wait this long for the rest before leaving them in RUN/tracking_outbox.jsonl
+    # (`python -m riscv_ft.track push RUN` sends them later).
+    flush_timeout_s: float = 60.0
 
 
 @dataclass
