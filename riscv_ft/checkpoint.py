@@ -30,6 +30,8 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from riscv_ft import distributed
+
 PREFIX = "step-"
 BEST_PREFIX = "best-"
 
@@ -136,4 +138,24 @@ def load_checkpoint(checkpoint: Checkpoint, model, optimizer) -> None:
         for part in path:
             node = node[int(part)] if isinstance(node, list) else node[part]
         node[int(last) if isinstance(node, list) else last] = value
+    mx.eval(model.parameters(), optimizer.state)
+
+
+def share_checkpoint(model, optimizer) -> None:
+    """After rank 0 loaded a checkpoint: its weights and optimizer state on every rank, sent
+    with mx.distributed (no shared disk needed). Leaf by leaf, as in load_checkpoint."""
+    if distributed.world_size() == 1:
+        return
+    weights = [(name, distributed.broadcast(value)) for name, value in tree_flatten(model.trainable_parameters())]
+    model.load_weights(weights, strict=False)
+
+    def share(node) -> None:
+        keys = range(len(node)) if isinstance(node, list) else list(node)
+        for key in keys:
+            if isinstance(node[key], mx.array):
+                node[key] = distributed.broadcast(node[key])
+            elif isinstance(node[key], (dict, list)):
+                share(node[key])
+
+    share(optimizer.state)
     mx.eval(model.parameters(), optimizer.state)
