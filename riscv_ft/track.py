@@ -52,6 +52,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 for _name, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")):
     os.environ.setdefault(_name, _value)
+# ... and urllib3 would log each of its retries; the outbox says once that the server is away.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 log = logging.getLogger(__name__)
 

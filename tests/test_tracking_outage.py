@@ -103,3 +103,49 @@ def test_killing_and_restarting_the_server_mid_run_loses_no_metric_point(tmp_pat
         if train.poll() is None:
             train.kill()
         _stop(server)
+
+
+def test_push_sends_what_a_run_kept_and_says_so_in_one_line_when_the_server_is_away(tmp_path):
+    """What an outbox still holds when a run ends (its server never came back) is sent by
+    `python -m riscv_ft.track push RUN`, once."""
+    from mlflow import MlflowClient
+
+    from riscv_ft.track import Tracker, _Outbox
+
+    server_root, run_dir = tmp_path / "server", tmp_path / "run"
+    server_root.mkdir()
+    run_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(server_root, port)
+    try:
+        mlflow_client = MlflowClient(url)
+        run_id = mlflow_client.create_run(mlflow_client.create_experiment("push")).info.run_id
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+        class _Run:  # what Tracker reads of an mlflow Run
+            info = type("info", (), {"run_id": run_id})
+
+        tracker = Tracker(_Run(), _Outbox(run_dir, url, run_id))
+        for step in (1, 2, 3):
+            tracker.log_metrics(step, {"train_loss": 1.0 / step})
+        tracker.log_artifact(Path(__file__))
+        tracker._send("end", status="FINISHED")
+        assert tracker.outbox.close(timeout_s=1.0) == 5
+
+        push = [sys.executable, "-m", "riscv_ft.track", "push", str(run_dir)]
+        away = subprocess.run(push, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert away.returncode == 2 and away.stderr.startswith("error: cannot reach MLflow") and "5 calls are still kept" in away.stderr
+        assert len(away.stderr.strip().splitlines()) == 1 and "Traceback" not in away.stderr
+
+        server = start_server(server_root, port)
+        sent = subprocess.run(push, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert sent.returncode == 0 and "sent 5 tracking calls" in sent.stdout, sent.stderr[-2000:]
+        again = subprocess.run(push, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert "sent 0 tracking calls" in again.stdout
+        assert sorted((m.step, m.value) for m in mlflow_client.get_metric_history(run_id, "train_loss")) == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+        assert mlflow_client.get_run(run_id).info.status == "FINISHED"
+        assert Path(__file__).name in {a.path for a in mlflow_client.list_artifacts(run_id)}
+    finally:
+        _stop(server)
