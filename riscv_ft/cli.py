@@ -15,7 +15,7 @@ from typing import NoReturn
 from omegaconf import DictConfig, OmegaConf
 
 from riscv_ft import config as config_module
-from riscv_ft.config import ConfigError, register_configs, validate
+from riscv_ft.config import ConfigError, check_overrides_used, register_configs, validate
 from riscv_ft.data.pipeline import DataError
 from riscv_ft.model import ModelLoadError
 
@@ -96,7 +96,7 @@ def preflight(argv: list[str]) -> None:
                     continue
                 variants += [fixed + [f"{o.get_key_element()}={v}"] for v in values]
         for variant in variants:
-            compose(variant)
+            check_overrides_used(compose(variant), variant)
     except ConfigError as err:
         fail(str(err))
     except Exception as err:  # noqa: BLE001 - override syntax errors

@@ -100,9 +100,13 @@ class DataConfig:
     prompt_format: str = "chat"
     # Loss on answer tokens only (the prompt is masked out).
     mask_prompt: bool = True
-    # Longest tokenized sample; longer ones are truncated or dropped (counted either way).
+    # Longest tokenized sample (prompt + answer + EOS). A sample whose prompt alone is this
+    # long is always dropped; all are counted (data.<split>_too_long, _prompt_too_long).
     max_seq_length: int = 512
-    too_long: str = "truncate"
+    # What happens to a longer answer: drop the sample (default); truncate: cut the answer,
+    # no EOS (the model never learns to stop at the cut); truncate_keep_eos: cut it and end
+    # it with EOS (the model learns to stop where it was cut: only if that is what you want).
+    too_long: str = "drop"
     # Batch widths are rounded up to a multiple of this or of a quarter of the power of two
     # below the width, whichever is larger (64, 80, 96, 112, 128, 160, ...): few compiled shapes.
     pad_to_multiple: int = 8
@@ -149,7 +153,8 @@ class TrainerConfig:
     val_batches: int = -1
     # Save adapters every N steps (and at the end); 0 only at the end.
     save_every: int = 100
-    # Checkpoints kept under RUN/checkpoints (the newest ones, plus the best by val loss).
+    # Step checkpoints kept under RUN/checkpoints (the newest ones). The best adapter by
+    # validation loss is kept apart (checkpoints/best-NNNNNN/) whatever this says.
     keep_checkpoints: int = 2
     # Stop when the validation loss has not improved for this many evaluations (0: never)
     # and keep the best adapter as the final one.
@@ -163,6 +168,10 @@ class TrackingConfig:
     # MLflow tracking URI; null means the project's SQLite store in mlruns/.
     uri: Optional[str] = None
     experiment_name: str = "riscv-asm-lora"
+    # With a remote server, tracking calls are sent in the background; at the end of a run,
+    # wait this long for the rest before leaving them in RUN/tracking_outbox.jsonl
+    # (`python -m riscv_ft.track push RUN` sends them later).
+    flush_timeout_s: float = 60.0
 
 
 @dataclass
@@ -226,7 +235,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("data.test_fraction", lambda v: 0.0 <= v < 0.5, "a number in [0, 0.5)"),
     ("data.prompt_format", lambda v: v in ("chat", "completion"), "one of chat, completion"),
     ("data.max_seq_length", lambda v: v >= 8, "an integer >= 8"),
-    ("data.too_long", lambda v: v in ("truncate", "drop"), "one of truncate, drop"),
+    ("data.too_long", lambda v: v in ("drop", "truncate", "truncate_keep_eos"), "one of drop, truncate, truncate_keep_eos"),
     ("data.pad_to_multiple", lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
     ("data.min_width", lambda v: 0 <= v <= 65536, "null (auto) or an integer from 0 to 65536"),
     ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
@@ -265,6 +274,37 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
     if cfg.data.source == "file" and not cfg.data.path:
         raise ConfigError("data.path must name a .jsonl, .json or .parquet file when data.source=file")
+    if cfg.lora.fine_tune_type == "full" and cfg.model.quantize.enabled:
+        # Quantized weights are packed integers: MLX has no gradient for them.
+        raise ConfigError("lora.fine_tune_type=full cannot train a quantized base (model.quantize.enabled=true): "
+                          "set model.quantize.enabled=false, or train adapters on it with lora.fine_tune_type=lora (QLoRA)")
+
+
+# (key prefix, when the composed config never reads it, why). A command-line override of such
+# a key would be silently ignored: the preset chose another source.
+_IGNORED: list[tuple[str, Any, str]] = [
+    ("model.path", lambda c: c.model.source == "tiny", "model.source=tiny builds the tiny model; add model.source=hub to load model.path"),
+    ("model.tiny.", lambda c: c.model.source != "tiny", "model.source={source} loads model.path; model.tiny.* shapes only the tiny model"),
+    ("data.hub_", lambda c: bool(c.data.path) or c.data.source != "hub",
+     "the data comes from {data_origin}; data.hub_id/hub_split are read only when data.source=hub and data.path is unset"),
+    ("data.synthetic_", lambda c: bool(c.data.path) or c.data.source != "synthetic",
+     "the data comes from {data_origin}; data.synthetic_* are read only when data.source=synthetic and data.path is unset"),
+]
+
+
+def check_overrides_used(cfg: DictConfig, overrides: list[str]) -> None:
+    """Raise ConfigError for a `key=value` override that the composed config never reads
+    (e.g. `experiment=smoke model.path=x`: smoke builds the tiny model, so the path would be ignored)."""
+    presets = " ".join(o for o in overrides if o.split("=", 1)[0] in ("experiment", "model", "data")) or "the defaults"
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep:
+            continue
+        for prefix, ignored, why in _IGNORED:
+            if key.startswith(prefix) and ignored(cfg):
+                origin = f"data.path={cfg.data.path}" if cfg.data.path else f"data.source={cfg.data.source}"
+                reason = why.format(source=cfg.model.source, data_origin=origin)
+                raise ConfigError(f"{key}={value} would be ignored with {presets}: {reason}")
 
 
 def lora_scale(lora: LoraConfig | DictConfig) -> float:

@@ -7,7 +7,8 @@ each job of a sweep). Everything it leaves is in `run_dir`:
     train.log          the log
     train.jsonl, valid.jsonl, test.jsonl   the prepared splits, in mlx-lm's data format
     adapters/          adapters.safetensors + adapter_config.json (mlx_lm.load reads them)
-    checkpoints/       step-NNNNNN/: weights, optimizer and RNG state, to resume exactly
+    checkpoints/       step-NNNNNN/: weights, optimizer and RNG state, to resume exactly;
+                       best-NNNNNN/: the adapter at the best validation loss so far
     metrics.json       final figures
     history.jsonl      every reported metric by step
     loss_curve.png     train and validation loss
@@ -26,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from riscv_ft.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from riscv_ft.checkpoint import Checkpoint, best_adapter, latest_checkpoint, load_checkpoint, save_best, save_checkpoint, share_checkpoint
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.packing import packed_batches
@@ -63,7 +64,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         raise ConfigError(
             f"trainer.batch_size={cfg.trainer.batch_size} must divide by the number of processes ({distributed.world_size()})"
         )
-    checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume and main_process else None
+    if resume and distributed.world_size() > 1:  # the other ranks get rank 0's checkpoint: no shared disk needed
+        state = distributed.broadcast_json(checkpoint.state if checkpoint else None)
+        if not main_process and state is not None:
+            checkpoint = Checkpoint(None, int(state["step"]), state)
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     if main_process and not resume:
@@ -117,12 +122,17 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
     trainer = Trainer.for_run(model, cfg)
     history: list[dict] = []
     if checkpoint is not None:
-        load_checkpoint(checkpoint, model, trainer.optimizer)
+        if main_process:
+            load_checkpoint(checkpoint, model, trainer.optimizer)
+        share_checkpoint(model, trainer.optimizer)
         saved = checkpoint.state
         trainer.state = TrainState(step=checkpoint.step, best_val_loss=saved["best_val_loss"], best_step=saved["best_step"],
                                    evals_without_improvement=saved["evals_without_improvement"])
         history = saved["history"]
-        log.info("Resuming %s from step %d (%s)", run_dir, checkpoint.step, checkpoint.folder.name)
+        best = best_adapter(run_dir / "checkpoints", saved["best_step"]) if main_process else None
+        if cfg.trainer.early_stopping_patience and best is not None:  # what early stopping restores at the end
+            trainer.best_weights = mx.load(str(best / "adapters.safetensors"))
+        log.info("Resuming %s from step %d (%s)", run_dir, checkpoint.step, f"step-{checkpoint.step:06d}")
 
     adapters_dir = run_dir / "adapters"
     mlflow_run_id = checkpoint.state.get("mlflow_run_id") if checkpoint else None
@@ -149,6 +159,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
             )
             save_adapters(model, adapters_dir, loaded.base_ref, cfg.lora, lora_meta)
 
+        def on_best(step: int, val_loss: float) -> None:
+            if main_process:
+                save_best(run_dir / "checkpoints", step, val_loss,
+                          lambda folder: save_adapters(model, folder, loaded.base_ref, cfg.lora, lora_meta))
+
+        trainer.on_best = on_best
         try:
             metrics = trainer.fit(data.samples["train"], data.samples["valid"], on_metrics, on_save)
         except Interrupted as stop:

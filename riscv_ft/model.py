@@ -21,7 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from omegaconf import DictConfig
 
-from riscv_ft.config import lora_scale
+from riscv_ft.config import ConfigError, lora_scale
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,10 @@ def apply_adapters(model: nn.Module, lora_cfg: DictConfig) -> dict:
         "keys": [inner[k] for k in lora_cfg.targets if k in inner],
     }
     if lora_cfg.fine_tune_type == "full":
+        if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
+            # A pre-quantized checkpoint: its packed integers have no gradient in MLX.
+            raise ConfigError("lora.fine_tune_type=full cannot train a quantized base (this model.path holds quantized "
+                              "weights): use an unquantized base, or train adapters on it with lora.fine_tune_type=lora (QLoRA)")
         model.unfreeze()
     else:
         linear_to_lora_layers(model, num_layers, params, use_dora=lora_cfg.fine_tune_type == "dora")

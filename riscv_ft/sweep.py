@@ -27,7 +27,9 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ class MlflowSweepCallback(Callback):
         self.sweep_dir: Path | None = None
         self._errors: _LastError | None = None
         self._finished = False
+        self._stopped_by: str | None = None  # the signal that stopped the sweep
 
     def __getstate__(self) -> dict:  # pickled into joblib's workers: no logging handler
         return {**self.__dict__, "_errors": None}
@@ -89,15 +92,34 @@ class MlflowSweepCallback(Callback):
         os.environ[track.PARENT_ENV] = self.parent_run_id
         os.environ.pop("MLFLOW_RUN_ID", None)  # would override the parent of every job's run
         atexit.register(self._at_exit)
+        self._stop_on_signals()
         log.info("MLflow sweep run %s (%s), experiment %s", name, self.parent_run_id, self.experiment_name)
+
+    def _stop_on_signals(self) -> None:
+        """SIGTERM (which by default ends the process without any cleanup) and Ctrl-C become a
+        KeyboardInterrupt that is remembered: the running job's run ends KILLED (tracked_run),
+        and the parent too (_at_exit). While a job trains, the trainer's own handler takes
+        over (save, then stop); the interrupt it raises is remembered by track.tracked_run."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum, frame):
+            self._stopped_by = signal.Signals(signum).name
+            raise KeyboardInterrupt(self._stopped_by)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish("FINISHED")
 
     def _at_exit(self) -> None:
         stopped_by = getattr(sys, "last_value", None)
-        status = "KILLED" if isinstance(stopped_by, KeyboardInterrupt) else "FAILED"
-        if stopped_by is not None:
+        interrupted = self._stopped_by or track.interrupted_by
+        status = "KILLED" if interrupted or isinstance(stopped_by, KeyboardInterrupt) else "FAILED"
+        if interrupted:
+            reason = f"the sweep stopped early: interrupted ({interrupted})"
+        elif stopped_by is not None:
             reason = f"the sweep stopped early: {type(stopped_by).__name__}: {stopped_by}"
         else:  # Hydra printed the error and exited
             reason = "the sweep stopped early: a job raised an exception (see its train.log) or the sweeper failed"

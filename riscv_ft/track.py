@@ -11,6 +11,13 @@ its parent and its place in the sweep through environment variables, so the link
 whichever launcher runs the jobs. `get_run`, `child_runs` and `experiment_runs` read runs
 back for the sweep summary and `python -m riscv_ft.compare`.
 
+Training never waits on a tracking server: with a remote `tracking.uri` every call of a
+run goes through an outbox (`_Outbox`): appended to RUN/tracking_outbox.jsonl, then sent in
+order by a background thread that retries while the server is away, saying so once in the
+log when it goes and once when it is back. What is still unsent when the run ends (after
+`tracking.flush_timeout_s`) stays in that file, and `python -m riscv_ft.track push RUN`
+sends it later. A local SQLite store is written directly.
+
 To browse the project's store, from the project root:
     mlflow ui --backend-store-uri sqlite:///$PWD/mlruns/mlflow.db
 """
@@ -22,7 +29,11 @@ import logging
 import os
 import platform
 import subprocess
+import sys
+import threading
+import time
 import warnings
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +46,14 @@ from riscv_ft.config import ConfigError
 # MLflow's client and server report usage to an outside host by default; a training tool that
 # runs offline should not try. Set MLFLOW_DISABLE_TELEMETRY=false to allow it.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow retries a failed HTTP request 7 times with growing pauses, each with a 120 s timeout:
+# minutes of a stalled training loop per call when the server is away. The outbox retries on
+# its own, in the background, so one attempt should fail within seconds.
+for _name, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                      ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")):
+    os.environ.setdefault(_name, _value)
+# ... and urllib3 would log each of its retries; the outbox says once that the server is away.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +139,15 @@ def ensure_experiment(uri: str | None, name: str) -> str:
 
 
 class Tracker:
-    """Logs one training run. Every method is a no-op when tracking is off."""
+    """Logs one training run. Every method is a no-op when tracking is off.
 
-    def __init__(self, run=None):
+    Calls go to `outbox` when there is one (a remote server: sent in the background), else
+    straight to the store.
+    """
+
+    def __init__(self, run=None, outbox: "_Outbox | None" = None):
         self.run = run
+        self.outbox = outbox
 
     @property
     def enabled(self) -> bool:
@@ -133,55 +157,232 @@ class Tracker:
     def run_id(self) -> str | None:
         return self.run.info.run_id if self.run else None
 
-    def log_params(self, params: dict) -> None:
-        if not self.enabled:
-            return
-        import mlflow
+    def _send(self, op: str, **args) -> None:
+        if self.outbox is not None:
+            self.outbox.put(op, **args)
+        else:
+            import mlflow
 
-        # MLflow caps a param value at 6000 characters.
-        items = {k: str(v)[:6000] for k, v in params.items()}
-        keys = list(items)
-        for i in range(0, len(keys), 90):  # the batch API takes at most 100 params
-            mlflow.log_params({k: items[k] for k in keys[i : i + 90]})
+            _deliver(client(mlflow.get_tracking_uri()), self.run_id, op, args)
+
+    def log_params(self, params: dict) -> None:
+        if self.enabled:
+            # MLflow caps a param value at 6000 characters.
+            self._send("params", params={k: str(v)[:6000] for k, v in params.items()})
 
     def log_metrics(self, step: int, metrics: dict) -> None:
         if self.enabled:
-            import mlflow
-
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+            values = {k: float(v) for k, v in metrics.items() if v is not None}
+            self._send("metrics", step=step, timestamp=int(time.time() * 1000), metrics=values)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if not self.enabled or not Path(path).exists():
             return
-        import mlflow
-
         if Path(path).is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path or Path(path).name)
-        else:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            artifact_path = artifact_path or Path(path).name
+        self._send("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
     def log_table(self, rows: list[dict], name: str) -> None:
         if self.enabled and rows:
-            import mlflow
-
-            mlflow.log_table(_columns(rows), artifact_file=name)
+            self._send("table", data=_columns(rows), artifact_file=name)
 
     def log_dataset(self, rows: list[dict], source: str, digest: str, name: str) -> None:
-        if not self.enabled:
-            return
-        import mlflow
-        import pandas as pd
-
-        with warnings.catch_warnings():  # MLflow registers its local source twice, then warns it cannot choose
-            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-            dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=_dataset_source(source), name=name, digest=digest)
-        mlflow.log_input(dataset, context="training")
+        if self.enabled:
+            self._send("dataset", rows=rows, source=source, digest=digest, name=name)
 
     def set_tags(self, tags: dict) -> None:
         if self.enabled:
-            import mlflow
+            self._send("tags", tags={k: str(v) for k, v in tags.items()})
 
-            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    def finish(self, status: str, reason: str | None = None, flush_timeout_s: float = 60.0) -> None:
+        """End the run (status and failure reason sent like any other call), wait up to
+        flush_timeout_s for the outbox, and leave MLflow's active-run stack empty."""
+        import mlflow
+
+        if reason:
+            self._send("tags", tags={FAILURE_TAG: reason[:5000]})
+        self._send("end", status=status)
+        if self.outbox is not None:
+            self.outbox.close(flush_timeout_s)
+        try:  # pops the active run; its set_terminated repeats what was sent, or fails while the server is away
+            mlflow.end_run(status)
+        except Exception:  # noqa: BLE001 - the outbox has the end of the run
+            pass
+
+
+def _deliver(mlflow_client, run_id: str, op: str, args: dict) -> None:
+    """Make one tracking call (as recorded in the outbox) with an MlflowClient."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    if op == "metrics":
+        mlflow_client.log_batch(run_id, metrics=[Metric(k, v, args["timestamp"], args["step"]) for k, v in args["metrics"].items()])
+    elif op == "params":
+        items = [Param(k, v) for k, v in args["params"].items()]
+        for i in range(0, len(items), 90):  # the batch API takes at most 100 params
+            mlflow_client.log_batch(run_id, params=items[i : i + 90])
+    elif op == "tags":
+        mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in args["tags"].items()])
+    elif op == "artifact":
+        if Path(args["path"]).is_dir():
+            mlflow_client.log_artifacts(run_id, args["path"], artifact_path=args["artifact_path"])
+        elif Path(args["path"]).is_file():
+            mlflow_client.log_artifact(run_id, args["path"], artifact_path=args["artifact_path"])
+    elif op == "table":
+        mlflow_client.log_table(run_id, args["data"], artifact_file=args["artifact_file"])
+    elif op == "dataset":
+        import mlflow
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        with warnings.catch_warnings():  # MLflow registers its local source twice, then warns it cannot choose
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_pandas(pd.DataFrame(args["rows"]), source=_dataset_source(args["source"]),
+                                              name=args["name"], digest=args["digest"])
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+        mlflow_client.log_inputs(run_id, datasets=[entity])
+    elif op == "end":
+        mlflow_client.set_terminated(run_id, args["status"])
+    else:
+        raise ValueError(f"unknown tracking call {op!r}")
+
+
+OUTBOX = "tracking_outbox.jsonl"  # every call of a run, in order; the first line names the server and run
+OUTBOX_SENT = "tracking_outbox.sent"  # the number of the last call the server took
+
+
+def _rejected(err: Exception) -> bool:
+    """The server answered and refused the call (4xx): sending it again cannot help."""
+    from mlflow.exceptions import RestException
+
+    status = err.get_http_status_code() if isinstance(err, RestException) else 500
+    return 400 <= status < 500
+
+
+def _read_outbox(run_dir: Path) -> tuple[dict | None, list[dict]]:
+    """(first line: uri and run id, or None) and the calls not yet sent, oldest first."""
+    path = Path(run_dir) / OUTBOX
+    if not path.is_file():
+        return None, []
+    sent_file = Path(run_dir) / OUTBOX_SENT
+    sent = int(sent_file.read_text() or 0) if sent_file.is_file() else 0
+    header, pending = None, []
+    for line in path.read_text().splitlines():
+        try:
+            call = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a process killed mid-write
+            continue
+        if call["op"] == "run":
+            header = call["args"]
+        elif call["seq"] > sent:
+            pending.append(call)
+    return header, pending
+
+
+class _Outbox:
+    """A run's tracking calls, journaled to RUN/tracking_outbox.jsonl and sent in order by a
+    background thread, so the training loop never waits on the server.
+
+    While the server is away the thread retries (pauses of 1 s growing to 10 s); the log says
+    so once when it goes and once when it is back. `close` waits a bounded time for the rest.
+    """
+
+    def __init__(self, run_dir: Path, uri: str, run_id: str):
+        self.run_dir, self.uri, self.run_id = Path(run_dir), uri, run_id
+        self.path, self.sent_path = self.run_dir / OUTBOX, self.run_dir / OUTBOX_SENT
+        header, pending = _read_outbox(self.run_dir)
+        if header is None or header.get("run_id") != run_id:
+            self.path.write_text(json.dumps({"seq": 0, "op": "run", "args": {"uri": uri, "run_id": run_id}}) + "\n")
+            self.sent_path.write_text("0")
+            pending = []
+        self.seq = max([int(self.sent_path.read_text() or 0)] + [c["seq"] for c in pending])
+        # Calls a previous process of this run (stopped, now resumed) did not send; not its end.
+        self.queue: deque = deque(c for c in pending if c["op"] != "end")
+        self.lock = threading.Condition()
+        self.closing = threading.Event()
+        self.deadline = float("inf")
+        self.away_since: float | None = None
+        self.client = client(uri)
+        self.thread = threading.Thread(target=self._send_all, name="mlflow-outbox", daemon=True)
+        self.thread.start()
+
+    def put(self, op: str, **args) -> None:
+        with self.lock:
+            self.seq += 1
+            call = {"seq": self.seq, "op": op, "args": args}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(call) + "\n")
+            self.queue.append(call)
+            self.lock.notify()
+
+    def _send_all(self) -> None:
+        pause = 1.0
+        while True:
+            with self.lock:
+                while not self.queue and not self.closing.is_set():
+                    self.lock.wait()
+                if not self.queue or time.monotonic() > self.deadline:
+                    return
+                call = self.queue[0]
+            try:
+                _deliver(self.client, self.run_id, call["op"], call["args"])
+            except Exception as err:  # noqa: BLE001 - MLflow and requests raise many kinds
+                if not _rejected(err):
+                    if self.away_since is None:
+                        self.away_since = time.monotonic()
+                        log.warning("MLflow at %s is unreachable (%s); training goes on, and every tracking call is kept "
+                                    "in %s and sent when the server is back", self.uri, _first_line(err), self.path)
+                    self.closing.wait(pause)  # wakes early when the run ends
+                    pause = min(pause * 2, 10.0)
+                    continue
+                log.warning("MLflow refused a tracking call (%s: %s); it stays in %s", call["op"], _first_line(err), self.path)
+            if self.away_since is not None:
+                log.info("MLflow at %s is reachable again after %.0f s; sending the calls kept meanwhile",
+                         self.uri, time.monotonic() - self.away_since)
+                self.away_since = None
+            pause = 1.0
+            with self.lock:
+                self.queue.popleft()
+                tmp = self.sent_path.with_suffix(".tmp")
+                tmp.write_text(str(call["seq"]))
+                os.replace(tmp, self.sent_path)
+
+    def close(self, timeout_s: float) -> int:
+        """Wait up to timeout_s for every call to be sent; returns how many were not."""
+        with self.lock:
+            self.deadline = time.monotonic() + timeout_s
+            self.closing.set()
+            self.lock.notify_all()
+        self.thread.join(timeout_s + 5)
+        with self.lock:
+            left = len(self.queue)
+        if left:
+            log.warning("%d tracking calls could not be sent to MLflow at %s; they are kept in %s. "
+                        "Send them later with: python -m riscv_ft.track push %s", left, self.uri, self.path, self.run_dir)
+        return left
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
+def push(run_dir: Path) -> int:
+    """Send the calls a run could not send (its server was away); returns how many were sent."""
+    header, pending = _read_outbox(run_dir)
+    if header is None:
+        raise TrackingError(f"{run_dir}: no {OUTBOX} (the run tracked to a local store, or not at all)")
+    mlflow_client = client(header["uri"])
+    for call in pending:
+        try:
+            _deliver(mlflow_client, header["run_id"], call["op"], call["args"])
+        except Exception as err:  # noqa: BLE001
+            if not _rejected(err):
+                raise TrackingError(f"cannot reach MLflow at {header['uri']} ({_first_line(err)}); "
+                                    f"{len(pending) - pending.index(call)} calls are still kept in {Path(run_dir) / OUTBOX}") from err
+            log.warning("MLflow refused a tracking call (%s: %s)", call["op"], _first_line(err))
+        (Path(run_dir) / OUTBOX_SENT).write_text(str(call["seq"]))
+    return len(pending)
 
 
 def _dataset_source(source: str):
@@ -234,6 +435,11 @@ def sweep_tags_from_env() -> dict:
     return tags
 
 
+# What interrupted a tracked run in this process (Ctrl-C, SIGTERM), if anything: the sweep's
+# exit handler reads it to end its parent KILLED rather than FAILED.
+interrupted_by: str | None = None
+
+
 def end_active_run(status: str = "KILLED") -> None:
     """End any run left active in this process (by an earlier job of a sweep)."""
     import mlflow
@@ -242,11 +448,16 @@ def end_active_run(status: str = "KILLED") -> None:
         mlflow.end_run(status)
 
 
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
 @contextmanager
 def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | None = None, enabled: bool = True) -> Iterator[Tracker]:
     """An MLflow run around a training run: FINISHED, FAILED (reason tag) or KILLED.
 
-    With `run_id`, the existing run is continued (resume).
+    With `run_id`, the existing run is continued (resume). The run is created while the
+    server answers; after that, a remote server's calls go through an outbox (see above).
     """
     if not (cfg.tracking.enabled and enabled):  # enabled=False: a data-parallel rank other than 0
         yield Tracker(None)
@@ -259,19 +470,22 @@ def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | Non
     end_active_run("KILLED")
     tags = None if run_id else (sweep_tags_from_env() or None)
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=None if run_id else run_name, tags=tags)
-    tracker = Tracker(run)
+    uri = tracking_uri(cfg.tracking.uri)
+    outbox = None if _is_local(uri) else _Outbox(run_dir, uri, run.info.run_id)
+    tracker = Tracker(run, outbox)
+    flush = float(cfg.tracking.get("flush_timeout_s", 60.0))
     try:
         yield tracker
-    except KeyboardInterrupt:
-        mlflow.set_tag(FAILURE_TAG, "interrupted (Ctrl-C or SIGTERM)")
-        mlflow.end_run("KILLED")
+    except KeyboardInterrupt as err:
+        global interrupted_by
+        interrupted_by = str(err) or "Ctrl-C"
+        tracker.finish("KILLED", "interrupted (Ctrl-C or SIGTERM)", flush)
         raise
     except BaseException as err:
-        mlflow.set_tag(FAILURE_TAG, f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run("FAILED")
+        tracker.finish("FAILED", f"{type(err).__name__}: {err}", flush)
         raise
     else:
-        mlflow.end_run("FINISHED")
+        tracker.finish("FINISHED", None, flush)
 
 
 # ---------------------------------------------------------------- sweeps and reading runs back
@@ -426,3 +640,21 @@ def finish_sweep_run(
         if Path(path).is_file():
             mlflow_client.log_artifact(run_id, str(path))
     mlflow_client.set_terminated(run_id, status)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m riscv_ft.track push RUN_DIR`: send what a run kept while its server was away."""
+    if len(argv) != 2 or argv[0] != "push":
+        print("usage: python -m riscv_ft.track push RUN_DIR", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        sent = push(Path(argv[1]))
+    except TrackingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"sent {sent} tracking calls")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -69,26 +69,41 @@ def main(cfg: DictConfig) -> float | None:
     return run_and_report(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
 
 
-def resume(argument: str, other_args: list[str]) -> None:
-    """Continue RUN_DIR from its newest complete checkpoint, with the config it was started with."""
+def _resume_problem(argument: str, run_dir: Path) -> str | None:
     from riscv_ft.checkpoint import latest_checkpoint
 
+    if not (run_dir / "config.yaml").is_file():
+        return f"resume={argument}: not a run folder (no config.yaml in {run_dir})"
+    if latest_checkpoint(run_dir / "checkpoints") is None:
+        return f"resume={argument}: no complete checkpoint under {run_dir / 'checkpoints'}"
+    return None
+
+
+def resume(argument: str, other_args: list[str]) -> None:
+    """Continue RUN_DIR from its newest complete checkpoint, with the config it was started with.
+
+    Under mlx.launch only rank 0 needs RUN_DIR: it sends the config (and, in run_experiment,
+    the checkpoint) to the other ranks."""
     run_dir = Path(argument).expanduser().resolve()
     if other_args:
         fail(f"resume= takes no other arguments (got {' '.join(other_args)}); a resumed run keeps its saved config")
-    if not (run_dir / "config.yaml").is_file():
-        fail(f"resume={argument}: not a run folder (no config.yaml in {run_dir})")
-    if latest_checkpoint(run_dir / "checkpoints") is None:
-        fail(f"resume={argument}: no complete checkpoint under {run_dir / 'checkpoints'}")
+    found = None
+    if distributed.is_main():
+        problem = _resume_problem(argument, run_dir)
+        found = {"problem": problem, "config": None if problem else (run_dir / "config.yaml").read_text()}
+    found = distributed.broadcast_json(found)
+    if found["problem"]:
+        fail(found["problem"])
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(run_dir / "config.yaml"))
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(found["config"]))
     except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors
         fail(f"resume={argument}: its config.yaml does not match the schema ({str(err).splitlines()[0]})")
     formatter = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    for handler in (logging.StreamHandler(), logging.FileHandler(run_dir / "train.log")):
+    handlers = [logging.StreamHandler()] + ([logging.FileHandler(run_dir / "train.log")] if distributed.is_main() else [])
+    for handler in handlers:
         handler.setFormatter(formatter)
         logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.INFO if distributed.is_main() else logging.WARNING)
     run_and_report(cfg, run_dir, in_sweep=False, resume=True)
 
 

@@ -186,6 +186,10 @@ class Trainer:
     report, evaluation and save steps.
     """
 
+    # Called as on_best(step, val_loss) whenever the validation loss improves, while the model
+    # holds those weights: the run checkpoints its best adapter there (riscv_ft.experiment).
+    on_best: Callable[[int, float], None] | None = None
+
     def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int, pack_length: int = 0,
                  min_width: int = 0, loss_fn: Callable = masked_loss):
         self.model = model
@@ -314,6 +318,8 @@ class Trainer:
             if self.cfg.early_stopping_patience:
                 # MLX arrays are immutable: keeping references is a snapshot, not a copy.
                 self.best_weights = dict(tree_flatten(self.model.trainable_parameters()))
+            if self.on_best is not None:
+                self.on_best(step, val_loss)
             return False
         self.state.evals_without_improvement += 1
         patience = self.cfg.early_stopping_patience

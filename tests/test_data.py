@@ -182,16 +182,27 @@ def test_parquet_file_in_the_dataset_schema(tmp_path):
     assert rows[1] == {"description": "Clears a0.", "instructions": "li a0, 0"}
 
 
-def test_too_long_samples_are_truncated_or_dropped_and_counted(tiny, tmp_path):
-    rows = [json.dumps({"description": f"Row {i} " + "word " * (200 if i % 4 == 0 else 3), "instructions": "nop"}) for i in range(40)]
+def test_too_long_samples_are_dropped_or_truncated_as_asked_and_counted(tiny, tmp_path):
+    """10 rows whose prompt alone is over the limit (always dropped), 10 whose answer is
+    (data.too_long decides), 20 that fit."""
+    eos = tiny.tokenizer.eos_token_id
+    rows = [json.dumps({"description": f"Row {i} " + "word " * (200 if i % 4 == 0 else 3),
+                        "instructions": "addi a0, a0, 1\n" * (40 if i % 4 == 1 else 1)}) for i in range(40)]
     path = _write(tmp_path / "long.jsonl", rows)
-    for mode, expect in (("truncate", 64), ("drop", None)):
+    for mode, kept in (("drop", 20), ("truncate", 30), ("truncate_keep_eos", 30)):
         cfg = compose(["model=tiny", f"data.path={path}", "data.max_seq_length=64", f"data.too_long={mode}"])
         data = prepare(cfg.data, tiny.tokenizer, seed=0)
+        assert sum(data.report.prompt_too_long.values()) == 10
         assert sum(data.report.too_long.values()) == 10
-        lengths = [len(s.tokens) for split in data.samples.values() for s in split]
-        assert max(lengths) <= 64
-        assert (len(lengths) == 40) == (mode == "truncate")
+        assert data.report.as_params()["data.train_prompt_too_long"] == data.report.prompt_too_long["train"]
+        samples = [s for split in data.samples.values() for s in split]
+        assert len(samples) == kept and max(len(s.tokens) for s in samples) <= 64
+        assert all(s.prompt_len < len(s.tokens) for s in samples)  # every kept sample has an answer to train
+        cut = [s for s in samples if len(s.tokens) == 64]
+        assert len(cut) == (0 if mode == "drop" else 10)
+        # EOS ends a cut answer only when asked for
+        assert all((s.tokens[-1] == eos) == (mode == "truncate_keep_eos") for s in cut)
+    assert all(s.tokens[-1] == eos for s in samples if len(s.tokens) < 64)
 
 
 @pytest.mark.parametrize("prompt_format", ["chat", "completion"])

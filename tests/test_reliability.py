@@ -79,6 +79,35 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
     assert max(steps) == 16 and 2 in steps
 
 
+def test_early_stopping_restores_the_best_adapter_after_sigkill_and_resume(tmp_path):
+    """lr 1.0 (uncorrected AdamW) makes the validation loss best at step 6 and worse after; the
+    run is killed after its step-12 checkpoint and resumed, stops early at 14 and must end with
+    step 6's weights, which only the best-000006 checkpoint still holds (not a save step's)."""
+    run_dir = tmp_path / "run"
+    overrides = ["experiment=smoke", "trainer.iters=16", "trainer.save_every=12", "trainer.eval_every=2",
+                 "trainer.learning_rate=1.0", "trainer.bias_correction=false", "trainer.early_stopping_patience=4", "trainer.keep_checkpoints=1",
+                 "eval.enabled=false", "eval.print_samples=0", "tracking.enabled=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "riscv_ft.train", *overrides], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(run_dir, 12, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert latest_checkpoint(run_dir / "checkpoints").step == 12
+    best = run_dir / "checkpoints" / "best-000006"
+    assert (best / "adapter_config.json").is_file()  # kept, though no step checkpoint was saved at 8
+    at_12 = mx.load(str(run_dir / "checkpoints" / "step-000012" / "adapters.safetensors"))
+
+    resumed = run_train(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    log = (run_dir / "train.log").read_text()
+    assert "early stopping at step 14" in log and "restoring the best adapter (step 6," in log
+    final = mx.load(str(run_dir / "adapters" / "adapters.safetensors"))
+    kept = mx.load(str(best / "adapters.safetensors"))
+    assert final.keys() == kept.keys()
+    assert max(float(mx.abs(final[k] - kept[k]).max()) for k in final) == 0.0
+    assert max(float(mx.abs(final[k] - at_12[k]).max()) for k in final) > 0  # the best is not where it resumed
+
+
 def test_sigterm_saves_a_checkpoint_marks_killed_and_exits_130(tmp_path):
     run_dir = tmp_path / "run"
     proc = _start(run_dir)
@@ -152,6 +181,10 @@ BAD_INPUTS = [
     (["model.source=hub", "model.path={tmp}/no_model"], {}, "no such folder"),
     (["model.source=hub", "model.path={tmp}/not_a_model"], {"not_a_model": None}, "model=tiny"),
     (["resume={tmp}"], {}, "not a run folder"),
+    (["data.path={tmp}/a_folder"], {"a_folder": None}, "a_folder' is a folder; expected a .jsonl"),
+    (["eval.num_rows=-5"], {}, "eval.num_rows=-5 is not allowed: expected -1 (all) or an integer >= 1"),
+    (["model.path={tmp}/x.safetensors"], {}, "would be ignored with experiment=smoke: model.source=tiny builds the tiny model"),
+    (["lora.fine_tune_type=full", "model.quantize.enabled=true"], {}, "cannot train a quantized base (model.quantize.enabled=true)"),
 ]
 
 
@@ -171,6 +204,27 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, overrides, files, e
     assert "Traceback" not in result.stderr + result.stdout
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
     assert not (tmp_path / "run" / "adapters").exists()
+
+
+def test_full_fine_tune_of_a_pre_quantized_base_is_one_line(tmp_path):
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    from riscv_ft.cli import compose
+    from riscv_ft.model import load_base, tiny_model_dir
+
+    tiny = compose(["model=tiny"]).model
+    source, folder = tiny_model_dir(tiny.tiny), tmp_path / "tiny-4bit"
+    folder.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    model, config = quantize_model(load_base(tiny).model, json.loads((source / "config.json").read_text()), 64, 4)
+    save_model(folder, model)
+    save_config(config, folder / "config.json")
+    result = run_train("experiment=smoke", "model.source=hub", f"model.path={folder}", "lora.fine_tune_type=full",
+                       "tracking.enabled=false", f"hydra.run.dir={tmp_path}/run")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and "cannot train a quantized base" in lines[0] and "lora.fine_tune_type=lora" in lines[0], lines
 
 
 def test_resume_of_a_run_without_checkpoint_is_refused(tmp_path):

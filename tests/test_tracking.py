@@ -321,3 +321,40 @@ def test_every_sweep_preset_composes_with_the_callback(preset):
     assert swept or "joblib" in launcher, f"sweep={preset} neither sweeps anything nor picks a launcher"
     if preset == "optuna":
         assert "optuna" in config.hydra.sweeper._target_ and config.hydra.sweeper.direction == "minimize"
+
+
+# ---------------------------------------------------------------- a sweep stopped by SIGTERM
+
+
+@pytest.mark.parametrize("when", ["training", "evaluating"])
+def test_sigterm_to_a_sweep_ends_its_parent_and_running_child_killed(tmp_path, when):
+    """SIGTERM while job 0 trains (the trainer saves and stops) or while it answers held-out
+    prompts after training (no trainer handler then): the sweep exits 130, the parent run and
+    the running child are KILLED, not left RUNNING or marked FAILED."""
+    import signal
+    import subprocess
+    import time
+
+    root, store = tmp_path / "sweep", tmp_path / "mlruns"
+    iters = ["trainer.iters=400", "trainer.save_every=2"] if when == "training" else ["trainer.iters=2", "eval.num_rows=64", "eval.max_tokens=64"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "riscv_ft.train", "-m", *FAST, *iters, "lora.rank=4,8",
+         f"hydra.sweep.dir={root}", "hydra.sweep.subdir=${hydra.job.num}"],
+        cwd=REPO, env={**os.environ, "RISCV_FT_MLRUNS": str(store), **QUIET},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    log, marker = root / "0" / "train.log", "step 2/400" if when == "training" else "step 2/2  val_loss"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and marker in log.read_text()):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.1)
+    if when == "evaluating":
+        time.sleep(1.0)  # answering 64 held-out prompts: the trainer's handlers are gone
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    sweep = Sweep(root, store, None)
+    parent, children = sweep.parent(), sweep.children()
+    assert parent.info.status == "KILLED", parent.data.tags.get("failure_reason")
+    assert len(children) == 1 and children[0].info.status == "KILLED"
+    assert "interrupted" in parent.data.tags["failure_reason"]

@@ -42,7 +42,8 @@ class DataReport:
     dropped_empty_after_cleaning: int = 0
     dropped_duplicates: int = 0
     split_sizes: dict = field(default_factory=dict)
-    too_long: dict = field(default_factory=dict)  # split -> samples truncated or dropped
+    too_long: dict = field(default_factory=dict)  # split -> samples over the limit (truncated or dropped)
+    prompt_too_long: dict = field(default_factory=dict)  # split -> samples dropped: the prompt alone is over the limit
 
     def as_params(self) -> dict:
         params = {
@@ -55,6 +56,7 @@ class DataReport:
         }
         params.update({f"data.{k}_rows": v for k, v in self.split_sizes.items()})
         params.update({f"data.{k}_too_long": v for k, v in self.too_long.items()})
+        params.update({f"data.{k}_prompt_too_long": v for k, v in self.prompt_too_long.items()})
         return params
 
 
@@ -97,6 +99,8 @@ def _load_hub(hub_id: str, split: str, report: DataReport) -> list[dict]:
 
 
 def _read_file(path: Path, report: DataReport) -> list[dict]:
+    if path.is_dir():
+        raise DataError(f"data.path={str(path)!r} is a folder; expected a .jsonl, .json or .parquet file")
     if not path.is_file():
         raise DataError(f"data.path={str(path)!r}: no such file")
     if path.stat().st_size == 0:
@@ -272,20 +276,34 @@ class Sample:
 def tokenize_split(
     rows: list[dict], tokenizer, data_cfg: DictConfig, split: str, report: DataReport
 ) -> list[Sample]:
-    samples, too_long = [], 0
+    """Tokenized samples of one split, with `data.max_seq_length` enforced.
+
+    A sample whose prompt alone fills the limit leaves no answer to train: always dropped.
+    A longer answer follows `data.too_long`: drop the sample (default); truncate it without
+    its EOS (the start of the answer is trained, but not stopping there); or truncate_keep_eos
+    (the cut answer ends with EOS: the model learns to stop where the answer was cut).
+    """
+    limit, eos = data_cfg.max_seq_length, tokenizer.eos_token_id
+    samples, too_long, prompt_too_long = [], 0, 0
     for row in rows:
         tokens, prompt_len = tokenize_row(row, tokenizer, data_cfg.prompt_format)
-        if len(tokens) > data_cfg.max_seq_length:
+        if len(tokens) > limit:
+            if prompt_len >= limit:
+                prompt_too_long += 1
+                continue
             too_long += 1
             if data_cfg.too_long == "drop":
                 continue
-            tokens = tokens[: data_cfg.max_seq_length]
-            prompt_len = min(prompt_len, len(tokens) - 1)
+            tokens = tokens[: limit - 1] + [eos] if data_cfg.too_long == "truncate_keep_eos" else tokens[:limit]
         samples.append(Sample(tokens, prompt_len if data_cfg.mask_prompt else 0))
     report.too_long[split] = too_long
+    report.prompt_too_long[split] = prompt_too_long
+    if prompt_too_long:
+        log.warning("%s: %d samples dropped: the prompt alone is longer than data.max_seq_length=%d", split, prompt_too_long, limit)
     if too_long:
-        verb = "dropped" if data_cfg.too_long == "drop" else "truncated"
-        log.warning("%s: %d samples longer than data.max_seq_length=%d were %s", split, too_long, data_cfg.max_seq_length, verb)
+        verb = {"drop": "dropped", "truncate": "truncated (no EOS)", "truncate_keep_eos": "truncated, ending with EOS"}[data_cfg.too_long]
+        log.warning("%s: %d samples longer than data.max_seq_length=%d were %s (data.too_long=%s)",
+                    split, too_long, limit, verb, data_cfg.too_long)
     return samples
 
 
