@@ -1,9 +1,10 @@
 """The one place that talks to MLflow.
 
-By default runs go to `<project>/mlruns/`: metadata in `mlruns/mlflow.db` (SQLite; recent
-MLflow refuses a plain file store) and artifacts in `mlruns/artifacts/`, both absolute, so
-runs started from any directory land together. `tracking.enabled=false` gives a Tracker
-that does nothing; `tracking.uri` points at any other server.
+By default runs go to `mlruns/` under the working directory, beside `experiments/` (one
+rule for a run's records; RISCV_FT_MLRUNS=DIR moves the store): metadata in
+`mlruns/mlflow.db` (SQLite; recent MLflow refuses a plain file store) and artifacts in
+`mlruns/artifacts/`, both recorded as absolute paths. `tracking.enabled=false` gives a
+Tracker that does nothing; `tracking.uri` points at any other server.
 
 A training run is one MLflow run (`tracked_run`). A Hydra sweep adds a parent run
 (`start_sweep_run` ... `finish_sweep_run`, driven by riscv_ft.sweep); each job's run finds
@@ -11,7 +12,10 @@ its parent and its place in the sweep through environment variables, so the link
 whichever launcher runs the jobs. `get_run`, `child_runs` and `experiment_runs` read runs
 back for the sweep summary and `python -m riscv_ft.compare`.
 
-To browse the project's store, from the project root:
+Each run's adapter is also logged as an MLflow model (riscv_ft/mlflow_model.py), and a
+sweep registers its best run's model as `riscv-asm` with the alias `best`.
+
+To browse the store, from the folder the runs were started in:
     mlflow ui --backend-store-uri sqlite:///$PWD/mlruns/mlflow.db
 """
 
@@ -49,6 +53,9 @@ JOB_TAG = "riscv_ft.sweep_job"  # the Hydra job number
 OVERRIDES_TAG = "riscv_ft.sweep_overrides"  # JSON list of the job's overrides, "key=value"
 ROLE_TAG = "riscv_ft.role"  # "sweep" on a sweep's parent run
 FAILURE_TAG = "failure_reason"
+MODEL_URI_TAG = "riscv_ft.model_uri"  # the run's MLflow model (models:/m-...)
+REGISTERED_MODEL = "riscv-asm"  # where a sweep registers its best run's model, alias BEST_ALIAS
+BEST_ALIAS = "best"
 
 
 class TrackingError(ConfigError):
@@ -56,7 +63,8 @@ class TrackingError(ConfigError):
 
 
 def default_store() -> Path:
-    return Path(os.environ.get("RISCV_FT_MLRUNS", PROJECT_ROOT / "mlruns")).resolve()
+    """`mlruns/` under the working directory (where `experiments/` goes too), or RISCV_FT_MLRUNS."""
+    return Path(os.environ.get("RISCV_FT_MLRUNS") or Path.cwd() / "mlruns").resolve()
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -183,6 +191,20 @@ class Tracker:
 
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    def log_model(self, run_dir: Path, model=None, tokenizer=None) -> None:
+        """The run's adapter as an MLflow model (riscv_ft/mlflow_model.py); a failure is
+        logged, not raised: the run itself is complete by then."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        from riscv_ft.mlflow_model import log_run_model
+
+        try:
+            mlflow.set_tag(MODEL_URI_TAG, log_run_model(run_dir, model, tokenizer))
+        except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; the adapter is logged anyway
+            log.warning("could not log the run's MLflow model: %s: %s", type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
+
 
 def _dataset_source(source: str):
     """MLflow's source for DataReport.source: 'hf://repo[split]', a file path, or a
@@ -202,6 +224,8 @@ def _columns(rows: list[dict]) -> dict[str, list[str]]:
 
 
 def git_commit() -> str:
+    if not (PROJECT_ROOT / ".git").exists():  # installed from a wheel: site-packages may sit inside another repo
+        return "unknown"
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
@@ -426,3 +450,20 @@ def finish_sweep_run(
         if Path(path).is_file():
             mlflow_client.log_artifact(run_id, str(path))
     mlflow_client.set_terminated(run_id, status)
+
+
+def register_best_model(uri: str | None, run_id: str, name: str = REGISTERED_MODEL, alias: str = BEST_ALIAS) -> str | None:
+    """Register run `run_id`'s MLflow model as a new version of `name` and point `alias` at
+    it (so `models:/riscv-asm@best` is the best run of the latest sweep). Returns the
+    version, or None when the run logged no model."""
+    import mlflow
+
+    mlflow_client = client(uri)
+    model_uri = mlflow_client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        return None
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    mlflow.set_registry_uri(tracking_uri(uri))
+    version = mlflow.register_model(model_uri, name).version
+    mlflow_client.set_registered_model_alias(name, alias, version)
+    return version
