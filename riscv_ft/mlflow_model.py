@@ -23,13 +23,13 @@ import hashlib
 import logging
 import shutil
 import tempfile
-import warnings
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 
 MODEL_NAME = "model"  # the model's name within its run: runs:/<run_id>/model
 RUN_ARTIFACT = "run"  # the artifact holding config.yaml and adapters/
@@ -64,7 +64,7 @@ class AssemblyModel(mlflow.pyfunc.PythonModel):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riscv_ft_model")
         self.assistant = self._worker.submit(Assistant.from_source, source).result()
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # a list arrives as a one-column DataFrame
         descriptions = _descriptions(model_input)
         params = {**DEFAULT_PARAMS, **(params or {})}
         answer = partial(self.assistant.ask_many, descriptions, max_tokens=int(params["max_tokens"]), temperature=float(params["temperature"]))
@@ -73,7 +73,6 @@ class AssemblyModel(mlflow.pyfunc.PythonModel):
 
 def _descriptions(model_input) -> list[str]:
     """The descriptions in a request; anything else is a bad request (HTTP 400), not a crash."""
-    import pandas as pd
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -112,8 +111,6 @@ def log_run_model(run_dir: Path, model=None, tokenizer=None) -> str:
     `model`/`tokenizer`: the trained model still in memory, lent to MLflow's check of the
     input example. Returns the model's URI.
     """
-    import pandas as pd
-
     from riscv_ft import __version__
     from riscv_ft.assistant import _check_adapter_dir
 
@@ -145,16 +142,13 @@ def log_run_model(run_dir: Path, model=None, tokenizer=None) -> str:
 
 @contextmanager
 def _quiet_mlflow():
-    """Hide two warnings that do not apply: the model object is pickled by reference to this
-    module (no code travels in the pickle), and predict takes DataFrames as well as lists,
-    which type hints would forbid."""
+    """Hide MLflow's warning about pickling the model object: the pickle holds only a reference
+    to AssemblyModel in this module, no code."""
     logger = logging.getLogger("mlflow.pyfunc")
     pickle_note = _DropMessage("serialized using CloudPickle")
     logger.addFilter(pickle_note)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
-            yield
+        yield
     finally:
         logger.removeFilter(pickle_note)
 

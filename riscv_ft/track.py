@@ -456,14 +456,21 @@ def register_best_model(uri: str | None, run_id: str, name: str = REGISTERED_MOD
     """Register run `run_id`'s MLflow model as a new version of `name` and point `alias` at
     it (so `models:/riscv-asm@best` is the best run of the latest sweep). Returns the
     version, or None when the run logged no model."""
-    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    mlflow_client = client(uri)
-    model_uri = mlflow_client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    model_uri = client(uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
     if not model_uri:
         return None
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    mlflow.set_registry_uri(tracking_uri(uri))
-    version = mlflow.register_model(model_uri, name).version
-    mlflow_client.set_registered_model_alias(name, alias, version)
-    return version
+    # The registry lives in the same store; named here rather than set process-wide.
+    registry = MlflowClient(tracking_uri=tracking_uri(uri), registry_uri=tracking_uri(uri))
+    try:
+        registry.create_registered_model(name, description="RISC-V assembly from descriptions: riscv_ft runs (mlflow_model.py)")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = model_uri.removeprefix("models:/")
+    source = registry.get_logged_model(model_id).artifact_location  # a models:/ source would be looked up in the default store
+    version = registry.create_model_version(name, source=source, run_id=run_id, model_id=model_id).version
+    registry.set_registered_model_alias(name, alias, version)
+    return str(version)
