@@ -96,3 +96,22 @@ def test_a_command_on_path_restarts_itself_with_openblas(installed, tmp_path):
     result = subprocess.run([str(bin_dir / "riscv-ft-doctor"), "--json", "--offline"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert "OpenBLAS" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_users_own_config_groups_come_from_config_dir(tmp_path, capsys):
+    """A folder of the user's own groups (Hydra's search path): checked before the run as
+    Hydra composes it, and used by the run."""
+    from riscv_ft.cli import preflight
+
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "tiny2.yaml").write_text("defaults:\n  - tiny\nname: tiny2\ntiny:\n  num_hidden_layers: 2\n")
+    args = ["--config-dir", str(tmp_path / "mine"), "experiment=smoke", "model=tiny2"]
+    preflight(args)  # accepted: no SystemExit
+    preflight([f"-cd={tmp_path / 'mine'}", "experiment=smoke", "model=tiny2"])
+    with pytest.raises(SystemExit) as stopped:
+        preflight(["experiment=smoke", "model=tiny2"])
+    assert stopped.value.code == 2 and "model=tiny2 is not an option" in capsys.readouterr().err
+    composed = subprocess.run([sys.executable, "-m", "riscv_ft.train", *args, "--cfg", "job"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    assert composed.returncode == 0, composed.stderr[-2000:]
+    assert "name: tiny2" in composed.stdout and "num_hidden_layers: 2" in composed.stdout
