@@ -10,11 +10,12 @@ loads the model needs riscv_ft installed and the base reachable.
     mlflow models serve -m models:/riscv-asm@best --env-manager local --port 5001
     curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
          -d '{"dataframe_records": [{"description": "Add a1 and a2 into a0"}]}'
-    # -> {"predictions": ["add a0, a1, a2"]}
+    # -> {"predictions": ["<the model's answer>"]}
 
 Input: a DataFrame with a `description` column (or a list of strings); output: one
-assembly answer per description, the same answers `riscv_ft.generate` gives for the run
-(batched, greedy unless `temperature` > 0). Params: max_tokens, temperature.
+assembly answer per description, the answers `riscv_ft.generate input=FILE` (batched,
+Assistant.ask_many) gives for the run; greedy unless `temperature` > 0. Params:
+max_tokens, temperature.
 """
 
 from __future__ import annotations
