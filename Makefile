@@ -6,16 +6,26 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup system-deps smoke demo test clean
+.PHONY: setup system-deps browser-deps smoke demo test clean
 
+# The project and what it runs on; the test tools (pytest, selenium) only for `make test`.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# System packages (apt, where it exists): each is named before it is installed.
+# DRY_RUN=1 make system-deps browser-deps  says what would be installed.
 system-deps:
-	bash scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh core
+
+browser-deps:
+	bash scripts/install-system-deps.sh browser
 
 setup: system-deps $(VENV)/.installed
 
@@ -25,7 +35,7 @@ smoke: setup
 demo: setup
 	$(PY) -m riscv_ft.train experiment=tiny_demo
 
-test: setup
+test: setup browser-deps $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
 clean:

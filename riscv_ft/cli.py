@@ -81,7 +81,7 @@ def preflight(argv: list[str]) -> None:
     """Check the overrides (each value of a sweep too) before Hydra starts any job."""
     if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--resolve", "--shell-completion", "-sc") or a.startswith("--info") for a in argv):
         return
-    overrides = [a for a in argv if not a.startswith("-")]
+    overrides, config_name = _search_path_overrides(argv)
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -96,11 +96,31 @@ def preflight(argv: list[str]) -> None:
                     continue
                 variants += [fixed + [f"{o.get_key_element()}={v}"] for v in values]
         for variant in variants:
-            check_overrides_used(compose(variant), variant)
+            check_overrides_used(compose(variant, config_name), variant)
     except ConfigError as err:
         fail(str(err))
     except Exception as err:  # noqa: BLE001 - override syntax errors
         fail(_one_line(err))
+
+
+def _search_path_overrides(argv: list[str]) -> tuple[list[str], str]:
+    """The overrides and config name Hydra will compose, with `--config-dir DIR` (a folder of
+    the user's own groups, searched before the package's) turned into hydra.searchpath."""
+    overrides, extra_dirs, config_name = [], [], "train"
+    args = iter(argv)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd", "--config-name", "-cn"):
+            value = value if eq else next(args, "")
+            if flag in ("--config-dir", "-cd"):
+                extra_dirs.append(f"file://{Path(value).expanduser().resolve()}")
+            else:
+                config_name = value
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    if extra_dirs and not any(o.lstrip("+").startswith("hydra.searchpath=") for o in overrides):
+        overrides.append(f"hydra.searchpath=[{','.join(extra_dirs)}]")
+    return overrides, config_name
 
 
 # ---------------------------------------------------------------- key=value arguments

@@ -165,7 +165,7 @@ class TrainerConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    # MLflow tracking URI; null means the project's SQLite store in mlruns/.
+    # MLflow tracking URI; null means the SQLite store in ./mlruns/ (RISCV_FT_MLRUNS moves it).
     uri: Optional[str] = None
     experiment_name: str = "riscv-asm-lora"
     # With a remote server, tracking calls are sent in the background; at the end of a run,

@@ -187,6 +187,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         for name in ("config.yaml", "metrics.json", "history.jsonl", "loss_curve.png", "eval.jsonl", "eval_summary.json", "train.log"):
             tracker.log_artifact(run_dir / name)
         tracker.log_artifact(adapters_dir, "adapters")
+        tracker.log_model(run_dir, model, tokenizer)  # servable: mlflow models serve -m runs:/<id>/model
         metrics["mlflow_run_id"] = tracker.run_id
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -433,9 +433,14 @@ def main(argv: list[str]) -> None:
     print(f"Try it: {record['usage']}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `riscv-ft-export` command ([project.scripts])."""
     try:
         main(sys.argv[1:])
     except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()

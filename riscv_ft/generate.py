@@ -351,7 +351,8 @@ def main(argv: list[str]) -> None:
         answer_one(assistant, args["prompt"].strip(), options, scorer, stream=sys.stdout.isatty())
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `riscv-ft-generate` command ([project.scripts])."""
     try:
         main(sys.argv[1:])
     except KeyboardInterrupt:
@@ -360,3 +361,7 @@ if __name__ == "__main__":
     except BrokenPipeError:  # `... | head`
         sys.stderr.close()
         sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()

@@ -162,6 +162,7 @@ class MlflowSweepCallback(Callback):
         if best:
             metrics[f"best_{self.metric}"] = best[self.metric]
             tags["best_run_id"] = best["run_id"]
+            tags.update(self._register(best["run_id"]))
         if reason:
             tags[track.FAILURE_TAG] = reason
         table = [{c: row.get(c) for c in columns} for row in rows]
@@ -170,6 +171,19 @@ class MlflowSweepCallback(Callback):
             table_name="sweep_summary.json", files=[f for f in files if f],
         )
         log.info("%s\n%s", title, format_text(columns, rows))
+
+    def _register(self, run_id: str) -> dict:
+        """The best job's model becomes models:/riscv-asm@best; a failure is logged, not raised."""
+        try:
+            version = track.register_best_model(self.uri, run_id)
+        except Exception as err:  # noqa: BLE001 - the registry is extra; the sweep's summary still goes on
+            log.warning("could not register the best run's model: %s: %s", type(err).__name__, str(err)[:300])
+            return {}
+        if version is None:
+            log.warning("the best run %s logged no MLflow model; nothing registered", run_id)
+            return {}
+        log.info("Registered the best run's model: models:/%s@%s (version %s)", track.REGISTERED_MODEL, track.BEST_ALIAS, version)
+        return {"registered_model": f"{track.REGISTERED_MODEL}/{version}"}
 
     # ---------------------------------------------------------------- each job's process
 

@@ -1,9 +1,10 @@
 """The one place that talks to MLflow.
 
-By default runs go to `<project>/mlruns/`: metadata in `mlruns/mlflow.db` (SQLite; recent
-MLflow refuses a plain file store) and artifacts in `mlruns/artifacts/`, both absolute, so
-runs started from any directory land together. `tracking.enabled=false` gives a Tracker
-that does nothing; `tracking.uri` points at any other server.
+By default runs go to `mlruns/` under the working directory, beside `experiments/` (one
+rule for a run's records; RISCV_FT_MLRUNS=DIR moves the store): metadata in
+`mlruns/mlflow.db` (SQLite; recent MLflow refuses a plain file store) and artifacts in
+`mlruns/artifacts/`, both recorded as absolute paths. `tracking.enabled=false` gives a
+Tracker that does nothing; `tracking.uri` points at any other server.
 
 A training run is one MLflow run (`tracked_run`). A Hydra sweep adds a parent run
 (`start_sweep_run` ... `finish_sweep_run`, driven by riscv_ft.sweep); each job's run finds
@@ -18,7 +19,11 @@ log when it goes and once when it is back. What is still unsent when the run end
 `tracking.flush_timeout_s`) stays in that file, and `python -m riscv_ft.track push RUN`
 sends it later. A local SQLite store is written directly.
 
-To browse the project's store, from the project root:
+
+Each run's adapter is also logged as an MLflow model (riscv_ft/mlflow_model.py), and a
+sweep registers its best run's model as `riscv-asm` with the alias `best`.
+
+To browse the store, from the folder the runs were started in:
     mlflow ui --backend-store-uri sqlite:///$PWD/mlruns/mlflow.db
 """
 
@@ -68,6 +73,9 @@ JOB_TAG = "riscv_ft.sweep_job"  # the Hydra job number
 OVERRIDES_TAG = "riscv_ft.sweep_overrides"  # JSON list of the job's overrides, "key=value"
 ROLE_TAG = "riscv_ft.role"  # "sweep" on a sweep's parent run
 FAILURE_TAG = "failure_reason"
+MODEL_URI_TAG = "riscv_ft.model_uri"  # the run's MLflow model (models:/m-...)
+REGISTERED_MODEL = "riscv-asm"  # where a sweep registers its best run's model, alias BEST_ALIAS
+BEST_ALIAS = "best"
 
 
 class TrackingError(ConfigError):
@@ -75,7 +83,8 @@ class TrackingError(ConfigError):
 
 
 def default_store() -> Path:
-    return Path(os.environ.get("RISCV_FT_MLRUNS", PROJECT_ROOT / "mlruns")).resolve()
+    """`mlruns/` under the working directory (where `experiments/` goes too), or RISCV_FT_MLRUNS."""
+    return Path(os.environ.get("RISCV_FT_MLRUNS") or Path.cwd() / "mlruns").resolve()
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -193,6 +202,19 @@ class Tracker:
     def set_tags(self, tags: dict) -> None:
         if self.enabled:
             self._send("tags", tags={k: str(v) for k, v in tags.items()})
+
+    def log_model(self, run_dir: Path, model=None, tokenizer=None) -> None:
+        """The run's adapter as an MLflow model (riscv_ft/mlflow_model.py); a failure is
+        logged, not raised: the run itself is complete by then."""
+        if not self.enabled:
+            return
+        from riscv_ft.mlflow_model import log_run_model
+
+        try:
+            # The model itself is logged straight to the server (MLflow's own API); its tag goes the usual way.
+            self._send("tags", tags={MODEL_URI_TAG: log_run_model(run_dir, model, tokenizer)})
+        except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; the adapter is logged anyway
+            log.warning("could not log the run's MLflow model: %s: %s", type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
 
     def finish(self, status: str, reason: str | None = None, flush_timeout_s: float = 60.0) -> None:
         """End the run (status and failure reason sent like any other call), wait up to
@@ -403,6 +425,8 @@ def _columns(rows: list[dict]) -> dict[str, list[str]]:
 
 
 def git_commit() -> str:
+    if not (PROJECT_ROOT / ".git").exists():  # installed from a wheel: site-packages may sit inside another repo
+        return "unknown"
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
@@ -640,6 +664,30 @@ def finish_sweep_run(
         if Path(path).is_file():
             mlflow_client.log_artifact(run_id, str(path))
     mlflow_client.set_terminated(run_id, status)
+
+
+def register_best_model(uri: str | None, run_id: str, name: str = REGISTERED_MODEL, alias: str = BEST_ALIAS) -> str | None:
+    """Register run `run_id`'s MLflow model as a new version of `name` and point `alias` at
+    it (so `models:/riscv-asm@best` is the best run of the latest sweep). Returns the
+    version, or None when the run logged no model."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    model_uri = client(uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        return None
+    # The registry lives in the same store; named here rather than set process-wide.
+    registry = MlflowClient(tracking_uri=tracking_uri(uri), registry_uri=tracking_uri(uri))
+    try:
+        registry.create_registered_model(name, description="RISC-V assembly from descriptions: riscv_ft runs (mlflow_model.py)")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = model_uri.removeprefix("models:/")
+    source = registry.get_logged_model(model_id).artifact_location  # a models:/ source would be looked up in the default store
+    version = registry.create_model_version(name, source=source, run_id=run_id, model_id=model_id).version
+    registry.set_registered_model_alias(name, alias, version)
+    return str(version)
 
 
 def main(argv: list[str]) -> None:

@@ -146,6 +146,16 @@ def test_the_parent_gets_a_summary_table_and_a_plot_best_first(rank_batch_sweep,
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_the_sweep_registers_its_best_run_as_riscv_asm_at_best(rank_batch_sweep):
+    """Each job logs its adapter as an MLflow model; the best one becomes models:/riscv-asm@best."""
+    parent, children = rank_batch_sweep.parent(), rank_batch_sweep.children()
+    assert all(c.data.tags.get("riscv_ft.model_uri", "").startswith("models:/") for c in children)
+    best = min(children, key=lambda c: c.data.metrics["final_val_loss"])
+    version = rank_batch_sweep.client.get_model_version_by_alias("riscv-asm", "best")
+    assert version.run_id == best.info.run_id == parent.data.tags["best_run_id"]
+    assert parent.data.tags["registered_model"] == f"riscv-asm/{version.version}"
+
+
 def test_compare_prints_the_sweep_best_first(rank_batch_sweep, monkeypatch, capsys):
     from riscv_ft import compare
 

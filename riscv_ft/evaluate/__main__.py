@@ -73,5 +73,10 @@ def _log_to_mlflow(source, scored: list[dict], summary: dict) -> None:
             tracker.log_artifact(source.run_dir / name)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `riscv-ft-evaluate` command ([project.scripts])."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()
