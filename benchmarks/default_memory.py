@@ -10,7 +10,7 @@ getting a 4-bit base:
                  matrix at a time
   pre-quantized  that model saved 4-bit (the form of mlx-community's repo), loaded as
                  model=mistral7b_4bit model.path=FOLDER-4bit
-records the peak while loading, then trains the default recipe (LoRA r16 on all seven
+records the peak while loading (and, pre-quantized, with gradient checkpointing), then trains the default recipe (LoRA r16 on all seven
 kinds, batch 4, the real data) for --iters steps plus one step on the four longest training
 samples (the widest batch an epoch has), and records the peak of loading + training.
 The last line is JSON.
@@ -38,6 +38,7 @@ from riscv_ft.trainer import Trainer  # noqa: E402
 
 SNAPSHOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "riscv-instruction-specification" / "train.jsonl"
 GB = 1e9
+EXTRA: list[str] = []  # --override
 
 
 # --small: the same script on a toy shape, to check it on a CPU.
@@ -72,7 +73,7 @@ def write_random_bf16(folder: Path, small: bool) -> None:
 
 
 def measure(overrides: list[str], iters: int, data_path: str) -> tuple[dict, object]:
-    cfg = compose([*overrides, f"data.path={data_path}", "tracking.enabled=false", f"trainer.iters={iters}",
+    cfg = compose([*overrides, *EXTRA, f"data.path={data_path}", "tracking.enabled=false", f"trainer.iters={iters}",
                    "trainer.eval_every=0", "trainer.save_every=0", "trainer.val_batches=1"])
     mx.clear_cache()
     mx.reset_peak_memory()
@@ -103,7 +104,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--data", default=str(SNAPSHOT))
     parser.add_argument("--small", action="store_true", help="a toy shape instead of Mistral-7B's (a CPU check of the script)")
+    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for every measurement, e.g. data.min_width=0")
     args = parser.parse_args()
+    EXTRA.extend(args.override)
     folder = Path(args.folder)
     write_random_bf16(folder, args.small)
 
@@ -121,7 +124,8 @@ def main() -> None:
         del model
     del loaded
     pre = measure(["model=mistral7b_4bit", f"model.path={quantized}"], args.iters, args.data)[0]
-    print(json.dumps({"on_load": on_load, "pre_quantized": pre}))
+    checkpointed = measure(["model=mistral7b_4bit", f"model.path={quantized}", "trainer.grad_checkpoint=true"], args.iters, args.data)[0]
+    print(json.dumps({"on_load": on_load, "pre_quantized": pre, "pre_quantized_grad_checkpoint": checkpointed}))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 # per report, warm tokens/s and the resumed run's largest adapter difference, then one JSON line.
 set -euo pipefail
 model=$1; out=$2; iters=${3:-30}; half=$((iters / 2))
-common=(model=mistral7b "model.path=$model" model.name=two-gpus trainer.batch_size=8 "trainer.iters=$iters"
+data=${RISCV_FT_SNAPSHOT:-$(dirname "$0")/../../shared/data/riscv-instruction-specification/train.jsonl}
+common=(model=mistral7b "model.path=$model" model.name=two-gpus "data.path=$data" data.name=snapshot trainer.batch_size=8 "trainer.iters=$iters"
         "trainer.eval_every=$half" "trainer.save_every=$half" trainer.val_batches=16 trainer.report_every=5
         eval.enabled=false tracking.enabled=false)
 launch() { python -c 'import sys; from mlx._distributed_utils.launch import main; sys.argv[0] = "mlx.launch"; main()' \
