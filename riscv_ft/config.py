@@ -110,8 +110,9 @@ class DataConfig:
     # Batch widths are rounded up to a multiple of this or of a quarter of the power of two
     # below the width, whichever is larger (64, 80, 96, 112, 128, 160, ...): few compiled shapes.
     pad_to_multiple: int = 8
-    # Narrowest batch width. null: 256 on an NVIDIA GPU, where a step costs the same at 80 and
-    # at 256 tokens per row and every new width compiles the step again; none on a Mac or CPU.
+    # Narrowest batch width. null: 256 on an NVIDIA GPU with a float (bf16) base, where a step
+    # costs the same at 80 and at 256 tokens per row and every new width compiles the step
+    # again; none for a quantized base, on a Mac or on a CPU, where padding costs compute.
     min_width: Optional[int] = None
     # Sequence packing: each of trainer.batch_size rows is max_seq_length positions filled
     # with several samples (first-fit-decreasing), each attending only to itself with its

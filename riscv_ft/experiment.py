@@ -100,7 +100,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         epoch_batches = packed_batches(data.samples["train"], cfg.trainer.batch_size, pack_length, cfg.trainer.seed)
     else:
         epoch_batches = length_bucketed_batches(data.samples["train"], cfg.trainer.batch_size, cfg.data.pad_to_multiple,
-                                                cfg.trainer.seed, min_width=min_batch_width(cfg.data))
+                                                cfg.trainer.seed, min_width=min_batch_width(cfg.data, bool(cfg.model.quantize.enabled)))
     derived = {
         "lora.scale": lora_scale(cfg.lora),
         "trainable_parameters": n_trainable,

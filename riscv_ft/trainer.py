@@ -220,7 +220,7 @@ class Trainer:
     def for_run(cls, model: nn.Module, cfg: DictConfig, **kwargs) -> "Trainer":
         """The Trainer a run of the whole config `cfg` uses: batch shapes and packing from cfg.data."""
         return cls(model, cfg.trainer, cfg.data.pad_to_multiple, pack_length=cfg.data.max_seq_length if cfg.data.pack else 0,
-                   min_width=min_batch_width(cfg.data), **kwargs)
+                   min_width=min_batch_width(cfg.data, quantized=bool(cfg.model.quantize.enabled)), **kwargs)
 
     def _build_steps(self, loss_fn: Callable) -> None:
         model, optimizer, cfg, bad_step = self.model, self.optimizer, self.cfg, self.bad_step

@@ -354,16 +354,17 @@ def shape_bucket(n: int, multiple: int) -> int:
     return round_up(n, max(multiple, 1 << max((n - 1).bit_length() - 3, 0)))
 
 
-def min_batch_width(data_cfg: DictConfig) -> int:
-    """data.min_width, resolved: null means 256 on an NVIDIA GPU, none elsewhere.
+def min_batch_width(data_cfg: DictConfig, quantized: bool = False) -> int:
+    """data.min_width, resolved: null means 256 on an NVIDIA GPU with a float base, none elsewhere.
 
-    Measured on an H200 (benchmarks/NOTES.md): a 7B LoRA step costs the same at 4 x 80 as at
-    4 x 256 tokens (it is bound by kernel launches), while each new width costs a trace and
-    kernel compilation of the whole step. On a Mac's GPU and on a CPU padding costs compute.
+    Measured on an H200 (benchmarks/NOTES.md): a bf16 7B LoRA step costs the same at 4 x 80 as
+    at 4 x 256 tokens (it is bound by kernel launches), while each new width traces and
+    compiles the whole step again. A 4-bit base's step grows with the tokens (0.29 s at
+    4 x 256) and gained nothing from the floor; on a Mac's GPU and on a CPU padding costs compute.
     """
     if data_cfg.get("min_width") is not None:
         return int(data_cfg.min_width)
-    return 256 if mx.default_device() == mx.gpu and mx.cuda.is_available() else 0
+    return 256 if not quantized and mx.default_device() == mx.gpu and mx.cuda.is_available() else 0
 
 
 def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0, min_width: int = 0) -> Batch:
