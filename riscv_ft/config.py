@@ -164,8 +164,14 @@ class EvalConfig:
     # with a real assembler and emulator (riscv_ft.evaluate).
     enabled: bool = True
     split: str = "test"
-    # Rows of the split to answer; -1 means all of them.
+    # Rows of the split to answer: the whole split when it has at most this many rows, else a
+    # seeded sample (trainer.seed) stratified by reference class; -1 means the whole split.
     num_rows: int = 64
+    # Also answer the same rows with the base model before training (base_eval_* metrics).
+    baseline: bool = True
+    # Shipped user-style prompts also answered (riscv_ft/data/user_prompts.jsonl; eval_user_*
+    # metrics): -1 all of them, 0 none, N the first N (the smoke preset's shortcut).
+    user_prompts: int = -1
     max_tokens: int = 64
     # Answers printed beside their references at the end of a run.
     print_samples: int = 4
@@ -239,6 +245,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("eval.split", lambda v: v in ("test", "valid"), "test or valid"),
     ("eval.num_rows", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
     ("eval.max_tokens", lambda v: v >= 1, "an integer >= 1"),
+    ("eval.user_prompts", lambda v: v >= -1, "-1 (all), 0 (none) or a positive integer"),
     ("eval.print_samples", lambda v: v >= 0, "an integer >= 0"),
     ("eval.assembler", lambda v: v in ("auto", "gnu", "llvm-mc", "clang", "zig"), "one of auto, gnu, llvm-mc, clang, zig"),
 ]
