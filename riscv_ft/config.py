@@ -114,6 +114,13 @@ class DataConfig:
     too_long: str = "truncate"
     # Batches are padded to a multiple of this many tokens (fewer compiled shapes).
     pad_to_multiple: int = 8
+    # Extra training rows (riscv_ft/data/mixing.py), added to the training split only, so the
+    # held-out rows stay the real data's: verified synthetic pairs with concrete operands, and
+    # verified plain user-style requests ("put a1 plus a2 in a0"); 0 adds none.
+    mix_synthetic: int = 0
+    mix_user_style: int = 0
+    # Assembly-class training rows appear this many times per epoch (1: once, no weighting).
+    oversample_assembly: int = 1
 
 
 @dataclass
@@ -228,6 +235,9 @@ _RULES: list[tuple[str, Any, str]] = [
     ("data.max_seq_length", lambda v: v >= 8, "an integer >= 8"),
     ("data.too_long", lambda v: v in ("truncate", "drop"), "one of truncate, drop"),
     ("data.pad_to_multiple", lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
+    ("data.mix_synthetic", lambda v: v >= 0, "an integer >= 0"),
+    ("data.mix_user_style", lambda v: v >= 0, "an integer >= 0"),
+    ("data.oversample_assembly", lambda v: 1 <= v <= 100, "an integer from 1 to 100"),
     ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.iters", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.learning_rate", lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
