@@ -228,19 +228,20 @@ def test_smollm2_wheel_answers_a_long_chat_prompt_in_4_bit_and_as_a_float32_copy
     assert json.loads((quantized / "config.json").read_text())["quantization"] == {
         "group_size": 32, "bits": 4, "model.embed_tokens": {"group_size": 32, "bits": 8}}
     assert "quantization" not in json.loads((floating / "config.json").read_text())
-    prompt = ("I am learning assembly language. In two short sentences, tell me what a CPU register is and why "
-              "programmers care about how many registers a processor has.")
     logits = []
     for folder in (quantized, floating):
         model, tokenizer = load(str(folder))
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-        assert len(ids) >= 40  # a wrong rotary layout shows on long chat prompts only
-        logits.append(model(mx.array([ids]))[0, -8:].astype(mx.float32))
-    # the float copy is the same model up to the 4-bit model's float16 activations (logits ~20 here);
-    # 4-bit matmuls on the CPU are slow, so only the copy generates
+        ids = tokenizer.encode("The capital of France is", add_special_tokens=False)
+        logits.append(model(mx.array([ids]))[0, -1].astype(mx.float32))
+    # the float copy is the same model up to the 4-bit model's float16 activations (logits ~20)
     assert float(mx.abs(logits[0] - logits[1]).max()) < 0.25
-    assert mx.array_equal(logits[0].argmax(-1), logits[1].argmax(-1))
-    answer = generate(model, tokenizer, ids, max_tokens=24)
-    assert "register" in answer.lower() and "\n\n\n" not in answer, answer
-    assert "Paris" in generate(model, tokenizer, "The capital of France is", max_tokens=4)
+    assert tokenizer.decode([int(logits[0].argmax())]) == tokenizer.decode([int(logits[1].argmax())]) == " Paris"
+    # a chat prompt of 40+ tokens: with llama.cpp's q/k row order left in place, long prompts
+    # give newline spam (4-bit matmuls on the CPU are slow: the float copy generates)
+    prompt = ("I am learning assembly language. In two short sentences, tell me what a CPU register is and why "
+              "programmers care about how many registers a processor has.")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    assert len(ids) >= 40
+    answer = generate(model, tokenizer, ids, max_tokens=12)
+    assert "register" in answer.lower() and "\n\n" not in answer, answer
     assert tokenizer.encode("12345", add_special_tokens=False) == [33, 34, 35, 36, 37]  # digits one by one
