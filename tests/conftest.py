@@ -62,7 +62,7 @@ def smoke_run(tmp_path_factory, isolated_mlflow_store) -> Path:
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     result = run_train(
         "experiment=smoke", "trainer.iters=20", "trainer.eval_every=10", "trainer.save_every=10",
-        "lora.rank=8", f"hydra.run.dir={run_dir}",
+        "lora.rank=8", "eval.baseline=true", "eval.user_prompts=8", f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from riscv_ft.evaluate.model_eval import select_rows
 from tests.conftest import REPO, run_train
 
 
@@ -18,8 +19,11 @@ def test_evaluate_a_finished_run_writes_scored_rows_and_a_summary(smoke_run):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rows"] == 5 and summary["exact_match_n"] == 5 and "classes" in summary
     scored = [json.loads(line) for line in (smoke_run / "eval.jsonl").read_text().splitlines()]
-    test_rows = [json.loads(line) for line in (smoke_run / "test.jsonl").read_text().splitlines()][:5]
-    assert [r["reference"] for r in scored] == [r["messages"][1]["content"] for r in test_rows]
+    test_rows = [{"instructions": json.loads(line)["messages"][1]["content"]}
+                 for line in (smoke_run / "test.jsonl").read_text().splitlines()]
+    chosen, selection = select_rows(test_rows, 5, seed=0)  # the smoke run's trainer.seed
+    assert [r["reference"] for r in scored] == [r["instructions"] for r in chosen]
+    assert summary["selection"] == selection and selection["method"] == "stratified sample"
     assert all(isinstance(r["prediction"], str) and r["assembles"] in (True, False) for r in scored)
 
 
@@ -36,7 +40,7 @@ def test_tiny_demo_preset_trains_and_scores_synthetic_pairs(tmp_path):
     synthetic pairs, and every held-out reference scored as runnable assembly."""
     run = tmp_path / "demo"
     result = run_train("experiment=tiny_demo", "data.synthetic_rows=300", "trainer.iters=3", "trainer.eval_every=3",
-                       "trainer.save_every=3", "eval.num_rows=8", "eval.max_tokens=8", "tracking.enabled=false",
+                       "trainer.save_every=3", "eval.num_rows=8", "eval.max_tokens=8", "eval.user_prompts=0", "tracking.enabled=false",
                        f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())

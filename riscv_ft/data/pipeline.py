@@ -44,6 +44,7 @@ class DataReport:
     split_sizes: dict = field(default_factory=dict)
     too_long: dict = field(default_factory=dict)  # split -> samples over the limit (truncated or dropped)
     prompt_too_long: dict = field(default_factory=dict)  # split -> samples dropped: the prompt alone is over the limit
+    mixed: dict = field(default_factory=dict)  # kind -> training rows added (data/mixing.py)
 
     def as_params(self) -> dict:
         params = {
@@ -57,6 +58,7 @@ class DataReport:
         params.update({f"data.{k}_rows": v for k, v in self.split_sizes.items()})
         params.update({f"data.{k}_too_long": v for k, v in self.too_long.items()})
         params.update({f"data.{k}_prompt_too_long": v for k, v in self.prompt_too_long.items()})
+        params.update({f"data.mixed_{k}_rows": v for k, v in self.mixed.items()})
         return params
 
 
@@ -467,6 +469,9 @@ def prepare_rows(data_cfg: DictConfig, seed: int) -> tuple[dict[str, list[dict]]
     rows = clean_rows(rows, report)
     rows = drop_duplicates(rows, report)
     splits = split_by_description(rows, data_cfg.valid_fraction, data_cfg.test_fraction, seed)
+    from riscv_ft.data.mixing import mix_training_rows  # extra rows go to the training split only
+
+    splits["train"], report.mixed = mix_training_rows(splits["train"], data_cfg, seed)
     report.split_sizes = {k: len(v) for k, v in splits.items()}
     return splits, report
 

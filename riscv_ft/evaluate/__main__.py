@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
 
     from riscv_ft.assistant import AssistantError, load_with_adapter, source_from_run
     from riscv_ft.data.pipeline import read_split
-    from riscv_ft.evaluate.model_eval import describe, evaluate_model, write_evaluation
+    from riscv_ft.evaluate.model_eval import describe, evaluate_model, select_rows, write_evaluation
 
     try:
         source = source_from_run(args["run"])
@@ -43,7 +43,9 @@ def main(argv: list[str]) -> None:
     if not split_file.is_file():
         fail(f"{split_file} not found: the run wrote no {split} split")
     rows = read_split(split_file)
-    rows = rows if rows_wanted == -1 else rows[:rows_wanted]
+    # the whole split when small, else a sample stratified by reference class (as after training)
+    seed = int(getattr(getattr(source.run_config, "trainer", None), "seed", 0) or 0)
+    rows, selection = select_rows(rows, rows_wanted, seed)
     if not rows:
         fail(f"{split_file} is empty")
     try:
@@ -52,6 +54,7 @@ def main(argv: list[str]) -> None:
         fail(str(err))
     scored, summary = evaluate_model(loaded.model, loaded.tokenizer, rows, source.prompt_format, max_tokens,
                                      args.get("assembler", "auto"))
+    summary["selection"] = selection
     write_evaluation(source.run_dir, scored, summary)
     print(describe(summary), file=sys.stderr)
     if source.mlflow_run_id:
