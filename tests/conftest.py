@@ -66,3 +66,16 @@ def smoke_run(tmp_path_factory, isolated_mlflow_store) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """A server and the workers it started (its own process group): SIGTERM, then SIGKILL."""
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

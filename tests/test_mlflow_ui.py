@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, run_train
+from tests.conftest import ARTIFACTS, run_train, stop_process_group
 
 CHROMIUM = Path(os.environ.get("RISCV_FT_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("RISCV_FT_CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -78,19 +77,8 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield Server(url, root)
     finally:
-        _stop(process)
+        stop_process_group(process)
         log.close()
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """The server and the uvicorn worker it started (its own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")

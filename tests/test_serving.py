@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from riscv_ft import track
 from riscv_ft.assistant import Assistant
+from tests.conftest import stop_process_group
 
 PROMPTS = ["Add a1 and a2 into a0", "Shifts t1 left by 2 bits into a1."]
 MAX_TOKENS = 12
@@ -67,13 +67,7 @@ def server(registered, tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process)
         log.close()
 
 

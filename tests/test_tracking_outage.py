@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_mlflow_ui import SERVER_ENV, _stop, free_port
+from tests.conftest import REPO, stop_process_group
+from tests.test_mlflow_ui import SERVER_ENV, free_port
 
 ITERS = 160
 
@@ -37,7 +37,7 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
         except requests.RequestException:
             pass
         time.sleep(0.3)
-    _stop(process)
+    stop_process_group(process)
     pytest.skip("mlflow server did not answer within 120 s")
 
 
@@ -102,7 +102,7 @@ def test_killing_and_restarting_the_server_mid_run_loses_no_metric_point(tmp_pat
     finally:
         if train.poll() is None:
             train.kill()
-        _stop(server)
+        stop_process_group(server)
 
 
 def test_push_sends_what_a_run_kept_and_says_so_in_one_line_when_the_server_is_away(tmp_path):
@@ -148,4 +148,4 @@ def test_push_sends_what_a_run_kept_and_says_so_in_one_line_when_the_server_is_a
         assert mlflow_client.get_run(run_id).info.status == "FINISHED"
         assert Path(__file__).name in {a.path for a in mlflow_client.list_artifacts(run_id)}
     finally:
-        _stop(server)
+        stop_process_group(server)
