@@ -1,6 +1,7 @@
 """Evaluating a finished run on its held-out split: batched answers, real scoring, outputs."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,18 +10,21 @@ from riscv_ft.evaluate.model_eval import select_rows
 from tests.conftest import REPO, run_train
 
 
-def test_evaluate_a_finished_run_writes_scored_rows_and_a_summary(smoke_run):
-    (smoke_run / "eval.jsonl").unlink()
+def test_evaluate_a_finished_run_writes_scored_rows_and_a_summary(smoke_run, tmp_path):
+    # A copy: evaluating rewrites the run's eval files, which other tests read.
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "eval.jsonl").unlink()
     result = subprocess.run(
-        [sys.executable, "-m", "riscv_ft.evaluate", f"run={smoke_run}", "rows=5", "max_tokens=8"],
+        [sys.executable, "-m", "riscv_ft.evaluate", f"run={run}", "rows=5", "max_tokens=8"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rows"] == 5 and summary["exact_match_n"] == 5 and "classes" in summary
-    scored = [json.loads(line) for line in (smoke_run / "eval.jsonl").read_text().splitlines()]
+    scored = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     test_rows = [{"instructions": json.loads(line)["messages"][1]["content"]}
-                 for line in (smoke_run / "test.jsonl").read_text().splitlines()]
+                 for line in (run / "test.jsonl").read_text().splitlines()]
     chosen, selection = select_rows(test_rows, 5, seed=0)  # the smoke run's trainer.seed
     assert [r["reference"] for r in scored] == [r["instructions"] for r in chosen]
     assert summary["selection"] == selection and selection["method"] == "stratified sample"

@@ -133,8 +133,9 @@ def test_4bit_base_is_requantized_by_default_and_dequantized_on_request(smoke_ru
     for prompt in PROMPTS[:2]:
         expected = last_logits(assistant.model, assistant, prompt)
         without_adapter = max_difference(last_logits(base, assistant, prompt), expected)
-        # Re-quantizing W + BA adds 4-bit rounding, far smaller than the adapter's effect.
-        assert max_difference(last_logits(requantized, assistant, prompt), expected) < 0.1 * without_adapter
+        # Re-quantizing W + BA adds 4-bit rounding, smaller than the adapter's effect (measured
+        # 1.06 against 4.59 with bias-corrected AdamW, whose smoke adapter moves less).
+        assert max_difference(last_logits(requantized, assistant, prompt), expected) < 0.3 * without_adapter
         assert max_difference(last_logits(dequantized, assistant, prompt), expected) < 1e-3
     assert Assistant(dequantized, assistant.tokenizer, "chat").ask_many(PROMPTS, max_tokens=MAX_TOKENS) == \
         assistant.ask_many(PROMPTS, max_tokens=MAX_TOKENS)

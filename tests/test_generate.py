@@ -220,7 +220,7 @@ def test_interactive_prompt_on_a_terminal(smoke_run, assistant, tiny_dir, tmp_pa
     env = {**os.environ, "RISCV_FT_CACHE": str(tmp_path), "TERM": "dumb"}
     terminal = Terminal([sys.executable, "-m", "riscv_ft.generate", f"run={smoke_run}", f"max_tokens={MAX_TOKENS}"], env)
     try:
-        terminal.expect("riscv> ")
+        terminal.expect("riscv> ", timeout=180)  # start-up loads the model: slow while the suite loads the machine
         terminal.send(PROMPTS[0] + "\r")
         first = terminal.expect("riscv> ")
         assert first.strip().endswith(assistant.ask(PROMPTS[0], max_tokens=MAX_TOKENS))
