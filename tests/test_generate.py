@@ -195,7 +195,7 @@ class Terminal:
         while text not in self.seen:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.proc.poll() is not None and not select.select([self.fd], [], [], 0)[0]:
-                raise AssertionError(f"did not see {text!r}; output so far:\n{self.seen}")
+                raise AssertionError(f"did not see {text!r} (exit code {self.proc.poll()}); output so far:\n{self.seen}")
             if select.select([self.fd], [], [], min(remaining, 0.5))[0]:
                 try:
                     self.seen += os.read(self.fd, 4096).decode(errors="replace").replace("\r\n", "\n")
