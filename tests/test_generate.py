@@ -183,7 +183,10 @@ class Terminal:
         self.fd, child = pty.openpty()
         # In a new session, make the terminal the controlling one (so Ctrl-C reaches the
         # process), then become `argv`: a small launcher instead of a preexec_fn.
-        launcher = "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
+        # SIGINT back to its default as a shell on a terminal would: a parent started in the
+        # background (CI) ignores it, and an ignored signal stays ignored across exec.
+        launcher = ("import fcntl, os, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                    "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])")
         self.proc = subprocess.Popen([sys.executable, "-c", launcher, *argv], stdin=child, stdout=child, stderr=child,
                                      env=env, start_new_session=True)
         os.close(child)
