@@ -34,8 +34,7 @@ from riscv_ft.checkpoint import Checkpoint, best_adapter, latest_checkpoint, loa
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.packing import packed_batches
-from riscv_ft.data.pipeline import (check_batch_size, length_bucketed_batches, min_batch_width, padding_share, prepare,
-                                    prepare_rows, write_splits)
+from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
 from riscv_ft.evaluate.model_eval import (answer_rows, describe, evaluate_model, headline_metrics, load_user_prompts,
                                          select_rows, write_scored)
 from riscv_ft.memory import warn_if_too_big
@@ -99,15 +98,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
     seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
     lora_meta = apply_adapters(model, cfg.lora)
     n_trainable = sum(p.size for p in trainable_parameters(model).values())
-    pack_length = cfg.data.max_seq_length if cfg.data.pack else 0
-    if pack_length:
+    trainer = Trainer.for_run(model, cfg)  # its batch shapes (packing, widths) also describe the epoch below
+    if trainer.pack_length:
         problem = packing_problem(model)
         if problem:
             raise ConfigError(f"data.pack=true: {problem}; set data.pack=false")
-        epoch_batches = packed_batches(data.samples["train"], cfg.trainer.batch_size, pack_length, cfg.trainer.seed)
+        epoch_batches = packed_batches(data.samples["train"], cfg.trainer.batch_size, trainer.pack_length, cfg.trainer.seed)
     else:
-        epoch_batches = length_bucketed_batches(data.samples["train"], cfg.trainer.batch_size, cfg.data.pad_to_multiple,
-                                                cfg.trainer.seed, min_width=min_batch_width(cfg.data, bool(cfg.model.quantize.enabled)))
+        epoch_batches = length_bucketed_batches(data.samples["train"], cfg.trainer.batch_size, trainer.pad_to_multiple,
+                                                cfg.trainer.seed, min_width=trainer.min_width)
     derived = {
         "lora.scale": lora_scale(cfg.lora),
         "trainable_parameters": n_trainable,
@@ -126,7 +125,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
         loaded.base_ref, n_trainable, method, len(epoch_batches), 100 * derived["data.padding_share_epoch"],
     )
 
-    trainer = Trainer.for_run(model, cfg)
     history: list[dict] = []
     if checkpoint is not None:
         if main_process:
