@@ -117,12 +117,14 @@ class DataConfig:
     # it with EOS (the model learns to stop where it was cut: only if that is what you want).
     too_long: str = "drop"
     # Batch widths are rounded up to a multiple of this or of a quarter of the power of two
-    # below the width, whichever is larger (64, 80, 96, 112, 128, 160, ...): few compiled shapes.
-    pad_to_multiple: int = 8
-    # Narrowest batch width. null: 256 on an NVIDIA GPU with a float (bf16) base, where a step
-    # costs the same at 80 and at 256 tokens per row and every new width compiles the step
-    # again; none for a quantized base, on a Mac or on a CPU, where padding costs compute.
-    min_width: Optional[int] = None
+    # below the width, whichever is larger: few compiled shapes. null: 64 on an NVIDIA GPU
+    # (64, 128, 192, 256, 320, ...: each new width traces the step again and fills MLX's CUDA
+    # graph cache, and a step there costs about the same at 80 and 128 tokens per row), 8
+    # elsewhere (64, 80, 96, 112, 128, 160, ...: on a CPU padding costs compute).
+    pad_to_multiple: Optional[int] = None
+    # Narrowest batch width (0: none). A floor bounds the number of shapes further, at the
+    # cost of memory for every batch.
+    min_width: int = 0
     # Sequence packing: each of trainer.batch_size rows is max_seq_length positions filled
     # with several samples (first-fit-decreasing), each attending only to itself with its
     # positions restarting at 0, so its loss is its unpacked loss. More samples per step
@@ -260,8 +262,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("data.prompt_format", lambda v: v in ("chat", "completion"), "one of chat, completion"),
     ("data.max_seq_length", lambda v: v >= 8, "an integer >= 8"),
     ("data.too_long", lambda v: v in ("drop", "truncate", "truncate_keep_eos"), "one of drop, truncate, truncate_keep_eos"),
-    ("data.pad_to_multiple", lambda v: 1 <= v <= 512, "an integer from 1 to 512"),
-    ("data.min_width", lambda v: 0 <= v <= 65536, "null (auto) or an integer from 0 to 65536"),
+    ("data.pad_to_multiple", lambda v: 1 <= v <= 512, "null (auto) or an integer from 1 to 512"),
+    ("data.min_width", lambda v: 0 <= v <= 65536, "an integer from 0 to 65536"),
     ("data.mix_synthetic", lambda v: v >= 0, "an integer >= 0"),
     ("data.mix_user_style", lambda v: v >= 0, "an integer >= 0"),
     ("data.oversample_assembly", lambda v: 1 <= v <= 100, "an integer from 1 to 100"),

@@ -26,7 +26,7 @@ from mlx.utils import tree_flatten, tree_map, tree_reduce
 from omegaconf import DictConfig
 
 from riscv_ft import distributed
-from riscv_ft.data.pipeline import (Batch, Sample, iterate_training_batches, length_bucketed_batches, min_batch_width,
+from riscv_ft.data.pipeline import (Batch, Sample, iterate_training_batches, length_bucketed_batches, batch_multiple,
                                     shape_bucket)
 from riscv_ft.packed_forward import packed_hidden, packing_problem
 
@@ -219,8 +219,8 @@ class Trainer:
     @classmethod
     def for_run(cls, model: nn.Module, cfg: DictConfig, **kwargs) -> "Trainer":
         """The Trainer a run of the whole config `cfg` uses: batch shapes and packing from cfg.data."""
-        return cls(model, cfg.trainer, cfg.data.pad_to_multiple, pack_length=cfg.data.max_seq_length if cfg.data.pack else 0,
-                   min_width=min_batch_width(cfg.data, quantized=bool(cfg.model.quantize.enabled)), **kwargs)
+        return cls(model, cfg.trainer, batch_multiple(cfg.data), pack_length=cfg.data.max_seq_length if cfg.data.pack else 0,
+                   min_width=cfg.data.min_width, **kwargs)
 
     def _build_steps(self, loss_fn: Callable) -> None:
         model, optimizer, cfg, bad_step = self.model, self.optimizer, self.cfg, self.bad_step

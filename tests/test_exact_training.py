@@ -12,7 +12,7 @@ import pytest
 
 from riscv_ft.checkpoint import latest_checkpoint
 from riscv_ft.cli import compose
-from riscv_ft.data.pipeline import prepare
+from riscv_ft.data.pipeline import batch_multiple, prepare
 from riscv_ft.model import apply_adapters, load_base, trainable_parameters
 from riscv_ft.trainer import Trainer, TrainingDiverged, learning_rate_schedule, masked_loss
 from tests.conftest import REPO, run_train
@@ -85,7 +85,7 @@ def test_a_finite_loss_with_an_infinite_gradient_keeps_the_weights_of_the_step_b
     train, valid = data.samples["train"], data.samples["valid"]
 
     reference = _fresh_model(cfg)
-    trainer = Trainer(reference, cfg.trainer.copy(), cfg.data.pad_to_multiple)
+    trainer = Trainer(reference, cfg.trainer.copy(), batch_multiple(cfg.data))
     trainer.cfg.iters = 2  # stop after two steps of the same 3-step schedule
     trainer.fit(train, valid, lambda s, m: None, lambda s: None)
     after_two = trainable_parameters(reference)
@@ -102,7 +102,7 @@ def test_a_finite_loss_with_an_infinite_gradient_keeps_the_weights_of_the_step_b
     model = _fresh_model(cfg)
     saved = []
     with pytest.raises(TrainingDiverged, match="step 3"):
-        Trainer(model, cfg.trainer, cfg.data.pad_to_multiple, loss_fn=spiking_loss).fit(
+        Trainer(model, cfg.trainer, batch_multiple(cfg.data), loss_fn=spiking_loss).fit(
             train, valid, lambda s, m: None, saved.append)
     assert saved == []  # nothing was saved from a diverged step
     weights = trainable_parameters(model)
@@ -121,7 +121,7 @@ def test_warm_up_starts_above_zero_and_the_logged_rate_is_the_one_used(tiny_setu
 
     logged = {}
     model = _fresh_model(cfg)
-    trainer = Trainer(model, trainer_cfg, cfg.data.pad_to_multiple)
+    trainer = Trainer(model, trainer_cfg, batch_multiple(cfg.data))
     assert trainer.optimizer.bias_correction is True
     trainer.cfg.iters = 3
     trainer.fit(data.samples["train"], data.samples["valid"],

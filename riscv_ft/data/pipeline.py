@@ -356,17 +356,19 @@ def shape_bucket(n: int, multiple: int) -> int:
     return round_up(n, max(multiple, 1 << max((n - 1).bit_length() - 3, 0)))
 
 
-def min_batch_width(data_cfg: DictConfig, quantized: bool = False) -> int:
-    """data.min_width, resolved: null means 256 on an NVIDIA GPU with a float base, none elsewhere.
+def batch_multiple(data_cfg: DictConfig) -> int:
+    """data.pad_to_multiple, resolved: null means 64 on an NVIDIA GPU, 8 elsewhere.
 
-    Measured on an H200 (benchmarks/NOTES.md): a bf16 7B LoRA step costs the same at 4 x 80 as
-    at 4 x 256 tokens (it is bound by kernel launches), while each new width traces and
-    compiles the whole step again. A 4-bit base's step grows with the tokens (0.29 s at
-    4 x 256) and gained nothing from the floor; on a Mac's GPU and on a CPU padding costs compute.
+    Measured on an H200 (benchmarks/NOTES.md, section 8): the real data in widths of 8's
+    buckets met 14 batch shapes in 60 steps against mlx-lm's 5 (multiples of 32). Each new
+    shape traced the step again (about 0.8 s), and past a few shapes MLX's CUDA graph cache
+    thrashed: the median bf16 step took 0.30-0.38 s against mlx-lm's 0.13-0.18 s. A step
+    there costs about the same at 80 and 128 tokens per row, so coarser widths are cheap.
+    On a CPU (and, unmeasured, a Mac's GPU) padding costs compute: 8.
     """
-    if data_cfg.get("min_width") is not None:
-        return int(data_cfg.min_width)
-    return 256 if not quantized and mx.default_device() == mx.gpu and mx.cuda.is_available() else 0
+    if data_cfg.get("pad_to_multiple") is not None:
+        return int(data_cfg.pad_to_multiple)
+    return 64 if mx.default_device() == mx.gpu and mx.cuda.is_available() else 8
 
 
 def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0, min_width: int = 0) -> Batch:
