@@ -45,7 +45,7 @@ import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from functools import partial  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 from unittest import mock  # noqa: E402
 
@@ -122,10 +122,17 @@ class Meter:
     cpu_start: float = 0.0
     cpu_end: float = 0.0
     peak_gb: float = 0.0
+    # When each batch was handed out, and its width: the gaps are step times, and the steps
+    # that meet a width for the first time carry its trace (and, on a GPU without the kernel
+    # cache, kernel compilation).
+    handed_out: list = field(default_factory=list)
+    widths: list = field(default_factory=list)
 
     def add(self, answer: int, sample_tokens: int, positions: int, real_positions: int) -> None:
         if self.start is None:
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.handed_out.append(time.perf_counter())
+        self.widths.append(positions)
         self.answer_tokens += answer
         self.sample_tokens += sample_tokens
         self.positions += positions
@@ -140,7 +147,13 @@ class Meter:
         if self.start is None or self.end is None:
             raise RuntimeError("the loop never reported its last step: the benchmark's hooks no longer match it")
         seconds, cpu_seconds = self.end - self.start, self.cpu_end - self.cpu_start
+        gaps = np.diff([*self.handed_out, self.end])
+        # Seconds above the median step: mostly the steps that met a new batch shape.
+        excess = float(np.clip(gaps - np.median(gaps), 0, None).sum())
         return {
+            "distinct_shapes": len(set(self.widths)),
+            "median_step_s": round(float(np.median(gaps)), 4),
+            "excess_s": round(excess, 2),
             "seconds": round(seconds, 2),
             # CPU time of the whole process: a steadier measure of work than wall time when
             # other jobs share the machine (it also counts BLAS threads that spin while waiting).
@@ -370,6 +383,8 @@ def compare(args, overrides: list[str], label: str = "") -> dict:
     for key, label_ in [("tokens_per_s", "answer tokens/s"), ("all_tokens_per_s", "all tokens/s"),
                         ("padding_share", "padding share"), ("peak_gb", "peak memory GB"),
                         ("train_loss", "train loss (own)"), ("val_loss", "val loss"), ("seconds", "train seconds"),
+                        ("distinct_shapes", "batch shapes"), ("median_step_s", "median step s"),
+                        ("excess_s", "s above median steps"),
                         ("tokens_per_cpu_s", "answer tokens/CPU-s")]:
         ratio = ours[key] / theirs[key] if theirs[key] else float("nan")
         print(f"{label_:22}{ours[key]:>12.4g}{theirs[key]:>12.4g}{ratio:>8.3f}")
@@ -430,6 +445,9 @@ def main() -> None:
     parser.add_argument("--suite", action="store_true",
                         help="the accelerator table: a warm-up, then bf16/4-bit batch 4, bf16 batch 8 (with and without "
                              "gradient checkpointing), packing, and synthetic rows against the bare step")
+    parser.add_argument("--warm-all", action="store_true",
+                        help="with --suite: warm up with the rows' own step count (every batch shape, both loops) instead "
+                             "of 3 steps, so that no kernel is compiled while timing")
     parser.add_argument("--only", nargs="*", default=None, help="with --suite: run only the rows whose label starts with one of these")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -439,8 +457,8 @@ def main() -> None:
         return
     wanted = lambda label: args.only is None or any(label.startswith(o) for o in args.only)  # noqa: E731
     # Warm-up: the first run of each shape on a fresh GPU machine compiles kernels (GPU idle).
-    warm = argparse.Namespace(**{**vars(args), "iters": 3})
-    for label, overrides in SUITE[:2]:
+    warm = argparse.Namespace(**{**vars(args), "iters": args.iters if args.warm_all else 3})
+    for label, overrides in SUITE[:2] if not args.warm_all else SUITE:
         if wanted(label):
             compare(warm, overrides, f"warm-up {label}")
     rows = [compare(args, overrides, label) for label, overrides in SUITE if wanted(label)]
