@@ -123,8 +123,9 @@ class DataConfig:
     # elsewhere (64, 80, 96, 112, 128, 160, ...: on a CPU padding costs compute).
     pad_to_multiple: Optional[int] = None
     # Narrowest batch width (0: none). A floor bounds the number of shapes further, at the
-    # cost of memory for every batch.
-    min_width: int = 0
+    # cost of memory for every batch. Optional only so that run folders written when null
+    # meant "auto" still resume: null is read as 0.
+    min_width: Optional[int] = 0
     # Sequence packing: each of trainer.batch_size rows is max_seq_length positions filled
     # with several samples (first-fit-decreasing), each attending only to itself with its
     # positions restarting at 0, so its loss is its unpacked loss. More samples per step
@@ -263,7 +264,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("data.max_seq_length", lambda v: v >= 8, "an integer >= 8"),
     ("data.too_long", lambda v: v in ("drop", "truncate", "truncate_keep_eos"), "one of drop, truncate, truncate_keep_eos"),
     ("data.pad_to_multiple", lambda v: 1 <= v <= 512, "null (auto) or an integer from 1 to 512"),
-    ("data.min_width", lambda v: 0 <= v <= 65536, "an integer from 0 to 65536"),
+    ("data.min_width", lambda v: 0 <= v <= 65536, "an integer from 0 to 65536 (0: none)"),
     ("data.mix_synthetic", lambda v: v >= 0, "an integer >= 0"),
     ("data.mix_user_style", lambda v: v >= 0, "an integer >= 0"),
     ("data.oversample_assembly", lambda v: 1 <= v <= 100, "an integer from 1 to 100"),

@@ -220,7 +220,7 @@ class Trainer:
     def for_run(cls, model: nn.Module, cfg: DictConfig, **kwargs) -> "Trainer":
         """The Trainer a run of the whole config `cfg` uses: batch shapes and packing from cfg.data."""
         return cls(model, cfg.trainer, batch_multiple(cfg.data), pack_length=cfg.data.max_seq_length if cfg.data.pack else 0,
-                   min_width=cfg.data.min_width, **kwargs)
+                   min_width=cfg.data.min_width or 0, **kwargs)
 
     def _build_steps(self, loss_fn: Callable) -> None:
         model, optimizer, cfg, bad_step = self.model, self.optimizer, self.cfg, self.bad_step

@@ -232,3 +232,14 @@ def test_batch_widths_resolve_per_device_and_the_cuda_graph_cache_is_raised_unle
     assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip() == "20000"
     env["MLX_CUDA_GRAPH_CACHE_SIZE"] = "77"
     assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip() == "77"
+
+
+def test_a_run_folder_written_with_min_width_null_still_loads():
+    """Earlier versions wrote data.min_width: null ("auto") into config.yaml; resume merges that
+    file into the schema, which must accept it (null now means no floor)."""
+    from riscv_ft.config import TrainConfig
+
+    saved = OmegaConf.to_yaml(compose(["model=tiny"])).replace("min_width: 0", "min_width: null")
+    assert "min_width: null" in saved
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(saved))
+    assert cfg.data.min_width is None
