@@ -73,7 +73,7 @@ class MlflowSweepCallback(Callback):
     # ---------------------------------------------------------------- the sweep's process
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.tracking.enabled:
+        if not config.tracking.enabled or config.tracking.offline:  # offline: each job's run is pushed on its own
             return
         self.uri, self.experiment_name = config.tracking.uri, config.tracking.experiment_name
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
@@ -216,7 +216,7 @@ class MlflowSweepCallback(Callback):
     def _record_if_missing(self, config: DictConfig, job_return: JobReturn, last_error: str | None) -> None:
         """A FAILED run for a job that failed before tracked_run started its run."""
         job_cfg = job_return.cfg if job_return.cfg is not None else config
-        if not job_cfg.tracking.enabled or track.job_run(self.uri, self.parent_run_id, config.hydra.job.num):
+        if not job_cfg.tracking.enabled or job_cfg.tracking.offline or track.job_run(self.uri, self.parent_run_id, config.hydra.job.num):
             return
         if job_return.status == JobStatus.FAILED:
             err = job_return._return_value

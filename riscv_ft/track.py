@@ -19,6 +19,13 @@ log when it goes and once when it is back. What is still unsent when the run end
 `tracking.flush_timeout_s`) stays in that file, and `python -m riscv_ft.track push RUN`
 sends it later. A local SQLite store is written directly.
 
+`tracking.offline=true` is for a machine that has no MLflow at all, or no way to a server (an
+air-gapped GPU box): the run imports nothing of MLflow and journals every call into the same
+outbox, naming the experiment and run instead of a run id. Copy the run folder back, and
+`python -m riscv_ft.track push RUN...` creates each run (with its offline start time) in the
+store named by tracking.uri (else ./mlruns) and sends the rest; artifact paths are read
+relative to where the folder is now, and what is missing there is skipped with a warning.
+
 
 Each run's adapter is also logged as an MLflow model (riscv_ft/mlflow_model.py), and a
 sweep registers its best run's model as `riscv-asm` with the alias `best`.
@@ -160,7 +167,12 @@ class Tracker:
 
     @property
     def enabled(self) -> bool:
-        return self.run is not None
+        return self.run is not None or self.outbox is not None
+
+    @property
+    def offline(self) -> bool:
+        """tracking.offline: no MLflow run yet; `push` creates it from the outbox."""
+        return self.run is None and self.outbox is not None
 
     @property
     def run_id(self) -> str | None:
@@ -208,6 +220,9 @@ class Tracker:
         logged, not raised: the run itself is complete by then."""
         if not self.enabled:
             return
+        if self.offline:  # logged by `push`, from the folder as it is then
+            self._send("model", run_dir=str(Path(run_dir).resolve()))
+            return
         from riscv_ft.mlflow_model import log_run_model
 
         try:
@@ -219,13 +234,15 @@ class Tracker:
     def finish(self, status: str, reason: str | None = None, flush_timeout_s: float = 60.0) -> None:
         """End the run (status and failure reason sent like any other call), wait up to
         flush_timeout_s for the outbox, and leave MLflow's active-run stack empty."""
-        import mlflow
-
         if reason:
             self._send("tags", tags={FAILURE_TAG: reason[:5000]})
-        self._send("end", status=status)
+        self._send("end", status=status, end_time=int(time.time() * 1000))
         if self.outbox is not None:
             self.outbox.close(flush_timeout_s)
+        if self.offline:
+            return
+        import mlflow
+
         try:  # pops the active run; its set_terminated repeats what was sent, or fails while the server is away
             mlflow.end_run(status)
         except Exception:  # noqa: BLE001 - the outbox has the end of the run
@@ -263,8 +280,20 @@ def _deliver(mlflow_client, run_id: str, op: str, args: dict) -> None:
                                               name=args["name"], digest=args["digest"])
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
         mlflow_client.log_inputs(run_id, datasets=[entity])
+    elif op == "model":
+        import mlflow
+
+        from riscv_ft.mlflow_model import log_run_model
+
+        try:  # as in Tracker.log_model: a failure is said, the rest of the run is still sent
+            mlflow.set_tracking_uri(mlflow_client.tracking_uri)
+            with mlflow.start_run(run_id=run_id):
+                uri = log_run_model(Path(args["run_dir"]))
+            mlflow_client.set_tag(run_id, MODEL_URI_TAG, uri)
+        except Exception as err:  # noqa: BLE001 - MLflow raises many kinds
+            log.warning("could not log the run's MLflow model: %s", _first_line(err))
     elif op == "end":
-        mlflow_client.set_terminated(run_id, args["status"])
+        mlflow_client.set_terminated(run_id, args["status"], end_time=args.get("end_time"))
     else:
         raise ValueError(f"unknown tracking call {op!r}")
 
@@ -309,11 +338,21 @@ class _Outbox:
     so once when it goes and once when it is back. `close` waits a bounded time for the rest.
     """
 
-    def __init__(self, run_dir: Path, uri: str, run_id: str):
+    def __init__(self, run_dir: Path, uri: str | None, run_id: str | None, offline_run: dict | None = None):
+        """offline_run: {experiment, run_name, tags} of a run that `push` creates later; then
+        nothing is sent and MLflow is not imported."""
         self.run_dir, self.uri, self.run_id = Path(run_dir), uri, run_id
         self.path, self.sent_path = self.run_dir / OUTBOX, self.run_dir / OUTBOX_SENT
+        self.offline = offline_run is not None
         header, pending = _read_outbox(self.run_dir)
-        if header is None or header.get("run_id") != run_id:
+        if self.offline:
+            if header is None or not header.get("offline"):  # else a resumed offline run: append to it
+                header = {"uri": uri, "run_id": None, "offline": True, "run_dir": str(self.run_dir.resolve()),
+                          "start_time": int(time.time() * 1000), **offline_run}
+                self.path.write_text(json.dumps({"seq": 0, "op": "run", "args": header}) + "\n")
+                self.sent_path.write_text("0")
+                pending = []
+        elif header is None or header.get("run_id") != run_id:
             self.path.write_text(json.dumps({"seq": 0, "op": "run", "args": {"uri": uri, "run_id": run_id}}) + "\n")
             self.sent_path.write_text("0")
             pending = []
@@ -324,6 +363,8 @@ class _Outbox:
         self.closing = threading.Event()
         self.deadline = float("inf")
         self.away_since: float | None = None
+        if self.offline:
+            return
         self.client = client(uri)
         self.thread = threading.Thread(target=self._send_all, name="mlflow-outbox", daemon=True)
         self.thread.start()
@@ -334,6 +375,8 @@ class _Outbox:
             call = {"seq": self.seq, "op": op, "args": args}
             with open(self.path, "a") as f:
                 f.write(json.dumps(call) + "\n")
+            if self.offline:
+                return
             self.queue.append(call)
             self.lock.notify()
 
@@ -371,6 +414,10 @@ class _Outbox:
 
     def close(self, timeout_s: float) -> int:
         """Wait up to timeout_s for every call to be sent; returns how many were not."""
+        if self.offline:
+            log.info("tracking.offline: this run's MLflow calls are kept in %s; send them with: "
+                     "python -m riscv_ft.track push %s", self.path, self.run_dir)
+            return self.seq - int(self.sent_path.read_text() or 0)
         with self.lock:
             self.deadline = time.monotonic() + timeout_s
             self.closing.set()
@@ -389,15 +436,50 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
 
 
+def _create_offline_run(run_dir: Path, header: dict) -> str:
+    """The MLflow run of a tracking.offline run, created once: its id goes into the outbox's
+    first line, so a second push continues it."""
+    experiment_id = ensure_experiment(header["uri"], header["experiment"])
+    run = client(header["uri"]).create_run(experiment_id, start_time=header["start_time"], tags=header.get("tags") or {},
+                                           run_name=header["run_name"])
+    path = Path(run_dir) / OUTBOX
+    lines = path.read_text().splitlines(keepends=True)
+    header = {**header, "run_id": run.info.run_id}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"seq": 0, "op": "run", "args": header}) + "\n" + "".join(lines[1:]))
+    os.replace(tmp, path)
+    return run.info.run_id
+
+
+def _moved(args: dict, old_dir: str, new_dir: Path) -> dict:
+    """A recorded call's paths, read from where an offline run's folder is now."""
+    moved = dict(args)
+    for key in ("path", "run_dir"):
+        if key in moved and (moved[key] == old_dir or moved[key].startswith(old_dir + os.sep)):
+            moved[key] = str(new_dir.resolve()) + moved[key][len(old_dir):]
+            if not Path(moved[key]).exists():
+                log.warning("%s: %s is not there any more; not sent", new_dir, moved[key])
+    return moved
+
+
 def push(run_dir: Path) -> int:
-    """Send the calls a run could not send (its server was away); returns how many were sent."""
+    """Send the calls a run could not send (its server was away, or it ran with
+    tracking.offline); returns how many were sent."""
     header, pending = _read_outbox(run_dir)
     if header is None:
         raise TrackingError(f"{run_dir}: no {OUTBOX} (the run tracked to a local store, or not at all)")
+    run_id = header["run_id"]
+    if header.get("offline"):
+        # A resumed offline run journals the end of each of its processes: only the last one counts.
+        ends = [i for i, call in enumerate(pending) if call["op"] == "end"]
+        pending = [call for i, call in enumerate(pending) if call["op"] != "end" or i == ends[-1]]
+        pending = [{**call, "args": _moved(call["args"], header["run_dir"], Path(run_dir))} for call in pending]
     mlflow_client = client(header["uri"])
     for call in pending:
         try:
-            _deliver(mlflow_client, header["run_id"], call["op"], call["args"])
+            if run_id is None:
+                run_id = _create_offline_run(run_dir, header)
+            _deliver(mlflow_client, run_id, call["op"], call["args"])
         except Exception as err:  # noqa: BLE001
             if not _rejected(err):
                 raise TrackingError(f"cannot reach MLflow at {header['uri']} ({_first_line(err)}); "
@@ -486,6 +568,13 @@ def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | Non
     if not (cfg.tracking.enabled and enabled):  # enabled=False: a data-parallel rank other than 0
         yield Tracker(None)
         return
+    if cfg.tracking.get("offline", False):
+        offline_run = {"experiment": cfg.tracking.experiment_name, "run_name": run_name, "tags": sweep_tags_from_env()}
+        tracker = Tracker(None, _Outbox(run_dir, cfg.tracking.uri, None, offline_run))
+        log.info("tracking.offline: MLflow calls go to %s, for `python -m riscv_ft.track push` later", tracker.outbox.path)
+        with _finished(tracker, float(cfg.tracking.get("flush_timeout_s", 60.0))):
+            yield tracker
+        return
     import mlflow
 
     experiment_id = ensure_experiment(cfg.tracking.uri, cfg.tracking.experiment_name)
@@ -497,9 +586,15 @@ def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | Non
     uri = tracking_uri(cfg.tracking.uri)
     outbox = None if _is_local(uri) else _Outbox(run_dir, uri, run.info.run_id)
     tracker = Tracker(run, outbox)
-    flush = float(cfg.tracking.get("flush_timeout_s", 60.0))
-    try:
+    with _finished(tracker, float(cfg.tracking.get("flush_timeout_s", 60.0))):
         yield tracker
+
+
+@contextmanager
+def _finished(tracker: Tracker, flush: float) -> Iterator[None]:
+    """End the tracker's run FINISHED, FAILED (with the reason) or KILLED, as the body ends."""
+    try:
+        yield
     except KeyboardInterrupt as err:
         global interrupted_by
         interrupted_by = str(err) or "Ctrl-C"
@@ -691,17 +786,19 @@ def register_best_model(uri: str | None, run_id: str, name: str = REGISTERED_MOD
 
 
 def main(argv: list[str]) -> None:
-    """`python -m riscv_ft.track push RUN_DIR`: send what a run kept while its server was away."""
-    if len(argv) != 2 or argv[0] != "push":
-        print("usage: python -m riscv_ft.track push RUN_DIR", file=sys.stderr)
+    """`python -m riscv_ft.track push RUN_DIR...`: send what runs kept while their server was
+    away, or while they ran with tracking.offline."""
+    if len(argv) < 2 or argv[0] != "push":
+        print("usage: python -m riscv_ft.track push RUN_DIR...", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        sent = push(Path(argv[1]))
-    except TrackingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"sent {sent} tracking calls")
+    for run_dir in argv[1:]:
+        try:
+            sent = push(Path(run_dir))
+        except TrackingError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(f"{run_dir}: sent {sent} tracking calls" if len(argv) > 2 else f"sent {sent} tracking calls")
 
 
 if __name__ == "__main__":
