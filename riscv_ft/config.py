@@ -164,7 +164,7 @@ class TrainerConfig:
     # Run the output layer and the loss only at answer positions (gathered, their count
     # rounded to a shape bucket). null: on the CPU only, where the 32,768-wide output layer
     # dominates a step; on a GPU it costs little and the gather would double the number of
-    # step shapes to compile.
+    # step shapes to compile (riscv_ft.device has every device-dependent default).
     select_loss_positions: Optional[bool] = None
     report_every: int = 10
     # Validation every N steps (and at the end); 0 only at the end.

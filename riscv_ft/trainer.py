@@ -26,6 +26,7 @@ from mlx.utils import tree_flatten, tree_map, tree_reduce
 from omegaconf import DictConfig
 
 from riscv_ft import distributed
+from riscv_ft.device import default_select_loss_positions
 from riscv_ft.data.pipeline import (Batch, Sample, iterate_training_batches, length_bucketed_batches, batch_multiple,
                                     shape_bucket)
 from riscv_ft.packed_forward import packed_hidden, packing_problem
@@ -200,7 +201,7 @@ class Trainer:
         # holding several samples; 0 trains one sample per row. Validation is never packed.
         self.pack_length = pack_length
         select = trainer_cfg.get("select_loss_positions")
-        self.select_positions = (mx.default_device() == mx.cpu) if select is None else bool(select)
+        self.select_positions = default_select_loss_positions() if select is None else bool(select)
         self.schedule = learning_rate_schedule(trainer_cfg)
         self.optimizer = optim.AdamW(
             learning_rate=self.schedule, weight_decay=trainer_cfg.weight_decay,

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import mlx.core as mx
 import numpy as np
 from omegaconf import DictConfig
 
@@ -357,18 +356,12 @@ def shape_bucket(n: int, multiple: int) -> int:
 
 
 def batch_multiple(data_cfg: DictConfig) -> int:
-    """data.pad_to_multiple, resolved: null means 64 on an NVIDIA GPU, 8 elsewhere.
-
-    Measured on an H200 (benchmarks/NOTES.md, section 8): the real data in widths of 8's
-    buckets met 14 batch shapes in 60 steps against mlx-lm's 5 (multiples of 32). Each new
-    shape traced the step again (about 0.8 s), and past a few shapes MLX's CUDA graph cache
-    thrashed: the median bf16 step took 0.30-0.38 s against mlx-lm's 0.13-0.18 s. A step
-    there costs about the same at 80 and 128 tokens per row, so coarser widths are cheap.
-    On a CPU (and, unmeasured, a Mac's GPU) padding costs compute: 8.
-    """
+    """data.pad_to_multiple, resolved: null means the device's default (riscv_ft.device)."""
     if data_cfg.get("pad_to_multiple") is not None:
         return int(data_cfg.pad_to_multiple)
-    return 64 if mx.default_device() == mx.gpu and mx.cuda.is_available() else 8
+    from riscv_ft.device import default_batch_multiple
+
+    return default_batch_multiple()
 
 
 def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0, min_width: int = 0) -> Batch:

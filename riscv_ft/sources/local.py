@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from riscv_ft.device import backend, quantized_matmul_is_fast
 from riscv_ft.sources import ModelLoadError, atomic_folder
 
 log = logging.getLogger(__name__)
@@ -32,19 +33,10 @@ def model_folder(path: str) -> Path:
     return folder.resolve()
 
 
-def accelerator_available() -> bool:
-    """Metal or CUDA: where MLX's quantized matmuls are the fast path."""
-    if mx.default_device() == mx.cpu:
-        return False
-    metal = getattr(mx, "metal", None)
-    cuda = getattr(mx, "cuda", None)
-    return bool((metal and metal.is_available()) or (cuda and cuda.is_available()))
-
-
 def wants_float_copy(model_cfg) -> bool:
     """model.dequantize: always, never, or auto (a float copy only without Metal or CUDA)."""
     choice = model_cfg.get("dequantize", "never")
-    return choice == "always" or (choice == "auto" and not accelerator_available())
+    return choice == "always" or (choice == "auto" and not quantized_matmul_is_fast())
 
 
 def maybe_dequantized(folder: Path, model_cfg) -> Path:
@@ -55,8 +47,8 @@ def maybe_dequantized(folder: Path, model_cfg) -> Path:
         return folder
     bits = quantization.get("bits")
     if not wants_float_copy(model_cfg):
-        log.info("Base %s: %s-bit quantized weights kept (model.dequantize=%s, accelerator: %s)",
-                 folder.name, bits, model_cfg.get("dequantize", "never"), accelerator_available())
+        log.info("Base %s: %s-bit quantized weights kept (model.dequantize=%s, device: %s)",
+                 folder.name, bits, model_cfg.get("dequantize", "never"), backend())
         return folder
     copy = dequantized_copy(folder, model_cfg.dtype)
     log.info("Base %s: a %s copy of the %s-bit weights (model.dequantize=%s: %s); model.dequantize=never keeps "
