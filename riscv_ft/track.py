@@ -279,7 +279,15 @@ def _deliver(mlflow_client, run_id: str, op: str, args: dict) -> None:
             dataset = mlflow.data.from_pandas(pd.DataFrame(args["rows"]), source=_dataset_source(args["source"]),
                                               name=args["name"], digest=args["digest"])
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
-        mlflow_client.log_inputs(run_id, datasets=[entity])
+        try:
+            mlflow_client.log_inputs(run_id, datasets=[entity])
+        except Exception as err:  # noqa: BLE001
+            # Two sweep workers logging the same dataset into one SQLite store race in MLflow's
+            # check-then-insert (seen: UNIQUE constraint failed: datasets...); the loser's
+            # second try finds the row the winner wrote and links it.
+            if "UNIQUE constraint failed: datasets" not in str(err):
+                raise
+            mlflow_client.log_inputs(run_id, datasets=[entity])
     elif op == "model":
         import mlflow
 
