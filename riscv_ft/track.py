@@ -482,15 +482,22 @@ def push(run_dir: Path) -> int:
         ends = [i for i, call in enumerate(pending) if call["op"] == "end"]
         pending = [call for i, call in enumerate(pending) if call["op"] != "end" or i == ends[-1]]
         pending = [{**call, "args": _moved(call["args"], header["run_dir"], Path(run_dir))} for call in pending]
+    where = tracking_uri(header["uri"])
+    if run_id is None and pending:
+        try:
+            run_id = _create_offline_run(run_dir, header)
+        except TrackingError:
+            raise
+        except Exception as err:  # noqa: BLE001 - MLflow and requests raise many kinds
+            raise TrackingError(f"cannot create the run in MLflow at {where} ({_first_line(err)}); "
+                                f"all {len(pending)} calls are still kept in {Path(run_dir) / OUTBOX}") from err
     mlflow_client = client(header["uri"])
     for call in pending:
         try:
-            if run_id is None:
-                run_id = _create_offline_run(run_dir, header)
             _deliver(mlflow_client, run_id, call["op"], call["args"])
         except Exception as err:  # noqa: BLE001
             if not _rejected(err):
-                raise TrackingError(f"cannot reach MLflow at {header['uri']} ({_first_line(err)}); "
+                raise TrackingError(f"cannot reach MLflow at {where} ({_first_line(err)}); "
                                     f"{len(pending) - pending.index(call)} calls are still kept in {Path(run_dir) / OUTBOX}") from err
             log.warning("MLflow refused a tracking call (%s: %s)", call["op"], _first_line(err))
         (Path(run_dir) / OUTBOX_SENT).write_text(str(call["seq"]))

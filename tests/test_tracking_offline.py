@@ -60,3 +60,20 @@ def test_an_offline_run_without_mlflow_is_pushed_later_from_where_its_folder_was
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "history.jsonl", "eval.jsonl", "adapters", "samples.json"} <= artifacts
     assert run.data.tags.get("riscv_ft.model_uri", "").startswith("models:/")
+
+
+def test_pushing_an_offline_run_to_a_server_that_is_away_says_so_in_one_line_and_keeps_every_call(tmp_path):
+    from riscv_ft.track import OUTBOX, Tracker, _Outbox
+    from tests.test_mlflow_ui import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    tracker = Tracker(None, _Outbox(tmp_path, url, None, {"experiment": "offline", "run_name": "r", "tags": {}}))
+    for step in (1, 2):
+        tracker.log_metrics(step, {"train_loss": 1.0 / step})
+    tracker.finish("FINISHED")
+    kept = (tmp_path / OUTBOX).read_text()
+    push = subprocess.run([sys.executable, "-m", "riscv_ft.track", "push", str(tmp_path)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert push.returncode == 2 and len(push.stderr.strip().splitlines()) == 1, push.stderr[-2000:]
+    assert push.stderr.startswith(f"error: cannot create the run in MLflow at {url}") and "all 3 calls are still kept" in push.stderr
+    assert (tmp_path / OUTBOX).read_text() == kept  # nothing lost, no run id invented
