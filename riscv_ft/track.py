@@ -318,6 +318,13 @@ def _rejected(err: Exception) -> bool:
     return 400 <= status < 500
 
 
+def _write_header(path: Path, header: dict, calls: str = "") -> None:
+    """The outbox's first line (which server and run its calls are for), then `calls`."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"seq": 0, "op": "run", "args": header}) + "\n" + calls)
+    os.replace(tmp, path)
+
+
 def _read_outbox(run_dir: Path) -> tuple[dict | None, list[dict]]:
     """(first line: uri and run id, or None) and the calls not yet sent, oldest first."""
     path = Path(run_dir) / OUTBOX
@@ -353,15 +360,15 @@ class _Outbox:
         self.path, self.sent_path = self.run_dir / OUTBOX, self.run_dir / OUTBOX_SENT
         self.offline = offline_run is not None
         header, pending = _read_outbox(self.run_dir)
-        if self.offline:
-            if header is None or not header.get("offline"):  # else a resumed offline run: append to it
-                header = {"uri": uri, "run_id": None, "offline": True, "run_dir": str(self.run_dir.resolve()),
-                          "start_time": int(time.time() * 1000), **offline_run}
-                self.path.write_text(json.dumps({"seq": 0, "op": "run", "args": header}) + "\n")
-                self.sent_path.write_text("0")
-                pending = []
-        elif header is None or header.get("run_id") != run_id:
-            self.path.write_text(json.dumps({"seq": 0, "op": "run", "args": {"uri": uri, "run_id": run_id}}) + "\n")
+        if self.offline:  # a resumed offline run appends to its outbox
+            fresh = header is None or not header.get("offline")
+            header = {"uri": uri, "run_id": None, "offline": True, "run_dir": str(self.run_dir.resolve()),
+                      "start_time": int(time.time() * 1000), **offline_run}
+        else:
+            fresh = header is None or header.get("run_id") != run_id
+            header = {"uri": uri, "run_id": run_id}
+        if fresh:
+            _write_header(self.path, header)
             self.sent_path.write_text("0")
             pending = []
         self.seq = max([int(self.sent_path.read_text() or 0)] + [c["seq"] for c in pending])
@@ -451,11 +458,7 @@ def _create_offline_run(run_dir: Path, header: dict) -> str:
     run = client(header["uri"]).create_run(experiment_id, start_time=header["start_time"], tags=header.get("tags") or {},
                                            run_name=header["run_name"])
     path = Path(run_dir) / OUTBOX
-    lines = path.read_text().splitlines(keepends=True)
-    header = {**header, "run_id": run.info.run_id}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"seq": 0, "op": "run", "args": header}) + "\n" + "".join(lines[1:]))
-    os.replace(tmp, path)
+    _write_header(path, {**header, "run_id": run.info.run_id}, "".join(path.read_text().splitlines(keepends=True)[1:]))
     return run.info.run_id
 
 
@@ -583,11 +586,12 @@ def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | Non
     if not (cfg.tracking.enabled and enabled):  # enabled=False: a data-parallel rank other than 0
         yield Tracker(None)
         return
+    flush = float(cfg.tracking.get("flush_timeout_s", 60.0))
     if cfg.tracking.get("offline", False):
         offline_run = {"experiment": cfg.tracking.experiment_name, "run_name": run_name, "tags": sweep_tags_from_env()}
         tracker = Tracker(None, _Outbox(run_dir, cfg.tracking.uri, None, offline_run))
         log.info("tracking.offline: MLflow calls go to %s, for `python -m riscv_ft.track push` later", tracker.outbox.path)
-        with _finished(tracker, float(cfg.tracking.get("flush_timeout_s", 60.0))):
+        with _finished(tracker, flush):
             yield tracker
         return
     import mlflow
@@ -601,7 +605,7 @@ def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | Non
     uri = tracking_uri(cfg.tracking.uri)
     outbox = None if _is_local(uri) else _Outbox(run_dir, uri, run.info.run_id)
     tracker = Tracker(run, outbox)
-    with _finished(tracker, float(cfg.tracking.get("flush_timeout_s", 60.0))):
+    with _finished(tracker, flush):
         yield tracker
 
 
