@@ -129,7 +129,9 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
 
 def load_checkpoint(checkpoint: Checkpoint, model, optimizer) -> None:
     """Put weights and optimizer state back as they were at the checkpoint."""
-    model.load_weights(str(checkpoint.folder / "adapters.safetensors"), strict=False)
+    from riscv_ft.model import load_trainable
+
+    load_trainable(model, mx.load(str(checkpoint.folder / "adapters.safetensors")))
     # Leaf by leaf into the initialized state: the compiled training step holds on to these
     # very containers, and flattening drops the empty ones the optimizer expects.
     for dotted, value in mx.load(str(checkpoint.folder / "optimizer.safetensors")).items():

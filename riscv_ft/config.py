@@ -161,6 +161,13 @@ class TrainerConfig:
     grad_checkpoint: bool = False
     # Compile the training step with mx.compile.
     compile: bool = True
+    # Run the q/k/v and the gate/up LoRA layers of llama/mistral blocks as one layer each
+    # (riscv_ft.fused_lora): same arithmetic, fewer kernels per step. Measured on an H200
+    # (benchmarks/NOTES.md, section 8): bf16 1.34x -> 2.19x mlx-lm's speed, but peak memory
+    # 0.95x -> 1.15x of mlx-lm's; at 4-bit no clear gain (1.36x vs 1.38x) for 2.3 GB more. Off
+    # by default: memory is what a Mac runs out of. Adapters are saved in mlx-lm's layout
+    # either way; other architectures and DoRA always train unfused.
+    fuse_lora: bool = False
     # Run the output layer and the loss only at answer positions (gathered, their count
     # rounded to a shape bucket). null: on the CPU only, where the 32,768-wide output layer
     # dominates a step; on a GPU it costs little and the gather would double the number of

@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten
 from omegaconf import DictConfig
 
 from riscv_ft.config import ConfigError, lora_scale
+from riscv_ft.fused_lora import fused_layout, standard_layout
 # Model sources live in riscv_ft.sources; re-exported here, the one place that loads models.
 from riscv_ft.sources import ModelLoadError, cache_dir, resolve_base  # noqa: F401
 from riscv_ft.sources.tiny import MISTRAL_CHAT_TEMPLATE, tiny_model_dir  # noqa: F401
@@ -119,7 +120,20 @@ def apply_adapters(model: nn.Module, lora_cfg: DictConfig) -> dict:
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, mx.array]:
-    return dict(tree_flatten(model.trainable_parameters()))
+    """The trainable weights by dotted name, in mlx-lm's adapter layout (also while the
+    training loop runs q/k/v and gate/up fused, see riscv_ft.fused_lora)."""
+    return standard_layout(model, dict(tree_flatten(model.trainable_parameters())))
+
+
+def load_trainable(model: nn.Module, weights: dict[str, mx.array]) -> None:
+    """Load weights that `trainable_parameters` gave (an adapter or checkpoint file's) into
+    `model`; every name must be one of the model's parameters."""
+    weights = fused_layout(model, weights)
+    known = dict(tree_flatten(model.parameters()))
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise ValueError(f"{len(unknown)} weights do not belong to this model, e.g. {unknown[0]!r}")
+    model.load_weights(list(weights.items()), strict=False)
 
 
 def save_adapters(model: nn.Module, folder: Path, base_ref: str, lora_cfg: DictConfig, lora_meta: dict) -> None:

@@ -22,11 +22,13 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.nn.utils import average_gradients
-from mlx.utils import tree_flatten, tree_map, tree_reduce
+from mlx.utils import tree_flatten, tree_map
 from omegaconf import DictConfig
 
 from riscv_ft import distributed
 from riscv_ft.device import default_select_loss_positions
+from riscv_ft.fused_lora import fuse_lora_projections
+from riscv_ft.model import load_trainable, trainable_parameters
 from riscv_ft.data.pipeline import (Batch, Sample, iterate_training_batches, length_bucketed_batches, batch_multiple,
                                     shape_bucket)
 from riscv_ft.packed_forward import packed_hidden, packing_problem
@@ -207,6 +209,8 @@ class Trainer:
             learning_rate=self.schedule, weight_decay=trainer_cfg.weight_decay,
             bias_correction=trainer_cfg.bias_correction,
         )
+        if trainer_cfg.fuse_lora:
+            fuse_lora_projections(model)
         self.optimizer.init(model.trainable_parameters())
         self.state = TrainState()
         self.best_weights: dict | None = None  # kept only for early stopping
@@ -245,19 +249,16 @@ class Trainer:
             if distributed.world_size() > 1:
                 # One all-reduce per 32 MB bucket, not one per LoRA array; average * N = sum.
                 grads = average_gradients(grads, group=distributed.group())
-                grads = tree_map(lambda g: g * (distributed.world_size() / ntok), grads)
+                factor = distributed.world_size() / ntok
             else:
-                grads = tree_map(lambda g: g / ntok, grads)
+                factor = 1.0 / ntok
+            # The mean gradient is grads * factor: its norm comes from the summed gradients,
+            # and the division and the clipping fold into one scalar applied inside the update.
+            norm = global_norm(grads) * factor
             if cfg.max_grad_norm > 0:
-                grads, norm = optim.clip_grad_norm(grads, cfg.max_grad_norm)
-            else:
-                norm = mx.sqrt(tree_reduce(lambda acc, g: acc + g.astype(mx.float32).square().sum(), grads, 0.0))
+                factor = factor * mx.minimum(cfg.max_grad_norm / (norm + 1e-6), 1.0)
             ok = mx.isfinite(totals[0]) & mx.isfinite(norm) & (bad_step[0] == 0)
-            params_before = model.trainable_parameters()
-            state_before = tree_map(lambda x: x, optimizer.state)
-            optimizer.update(model, grads)
-            model.update(tree_map(lambda new, old: mx.where(ok, new, old), model.trainable_parameters(), params_before))
-            _assign(optimizer.state, tree_map(lambda new, old: mx.where(ok, new, old), optimizer.state, state_before))
+            model.update(adamw_update(optimizer, self.schedule, model.trainable_parameters(), grads, factor, ok))
             bad_step[0] = mx.where(ok | (bad_step[0] > 0), bad_step[0], step)
             return totals
 
@@ -318,7 +319,7 @@ class Trainer:
             self.state.evals_without_improvement = 0
             if self.cfg.early_stopping_patience:
                 # MLX arrays are immutable: keeping references is a snapshot, not a copy.
-                self.best_weights = dict(tree_flatten(self.model.trainable_parameters()))
+                self.best_weights = trainable_parameters(self.model)
             if self.on_best is not None:
                 self.on_best(step, val_loss)
             return False
@@ -421,7 +422,7 @@ class Trainer:
                     break
         if self.best_weights is not None and cfg.early_stopping_patience:
             log.info("restoring the best adapter (step %d, val_loss %.4f)", self.state.best_step, self.state.best_val_loss)
-            self.model.load_weights(list(self.best_weights.items()), strict=False)
+            load_trainable(self.model, self.best_weights)
             val_loss = self.state.best_val_loss
             on_save(self.state.step)
         progress.close()
@@ -437,6 +438,57 @@ class Trainer:
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
             "steps": self.state.step,
         }
+
+
+def global_norm(grads: dict) -> mx.array:
+    """The L2 norm of all gradients together, in float32.
+
+    One reduction over the gradients laid end to end, not one per array: a LoRA model has
+    hundreds of small gradient arrays, and per array the square, the sum and the reshape are
+    three more graph nodes (and two more GPU kernels) in a step bound by their number.
+    """
+    flat = [g.reshape(-1) for _, g in tree_flatten(grads)]
+    return mx.sqrt(mx.concatenate(flat).astype(mx.float32).square().sum())
+
+
+def adamw_update(optimizer: optim.AdamW, schedule: Callable, params: dict, grads: dict, scale: mx.array,
+                 ok: mx.array) -> dict:
+    """MLX's AdamW step on `grads * scale`, applied only where `ok` (a scalar) is true; returns the
+    new parameters and updates `optimizer.state` (same layout and arithmetic as optim.AdamW).
+
+    Why not optimizer.update: composed with the gradient scaling and a skip (mx.where on every
+    parameter and moment), MLX's compiler splits each array's update into seven kernels (it
+    fuses only shallow chains through single consumers); one GPU step launches thousands of
+    them (benchmarks/NOTES.md). Here the skip acts through scalars (a zero rate, moments kept
+    by factors 1 and 0, a zeroed gradient), so each array's update stays one fused kernel.
+    When not ok, every parameter and moment keeps its value exactly.
+    """
+    state = optimizer.state
+    count = state["step"]
+    lr = schedule(count)
+    b1, b2 = optimizer.betas
+    gate = ok.astype(mx.float32)
+    lr_ok = lr * gate
+    keep1, take1 = mx.where(ok, b1, 1.0), (1 - b1) * gate
+    keep2, take2 = mx.where(ok, b2, 1.0), (1 - b2) * gate
+    if optimizer.bias_correction:  # at count + 1, the update this step makes
+        c1, c2 = lr_ok / (1 - b1 ** (count + 1)), mx.rsqrt(1 - b2 ** (count + 1))
+    else:
+        c1, c2 = lr_ok, mx.array(1.0)
+    decay = 1 - lr_ok * optimizer.weight_decay
+
+    def update(gradient: mx.array, parameter: mx.array, moments: dict) -> mx.array:
+        dtype = gradient.dtype
+        g = mx.where(ok, gradient * scale.astype(dtype), mx.zeros_like(gradient))
+        m = keep1.astype(dtype) * moments["m"] + take1.astype(dtype) * g
+        v = keep2.astype(dtype) * moments["v"] + take2.astype(dtype) * mx.square(g)
+        moments["m"], moments["v"] = m, v
+        return parameter * decay.astype(dtype) - c1.astype(dtype) * m / (mx.sqrt(v) * c2.astype(dtype) + optimizer.eps)
+
+    new_params = tree_map(update, grads, params, state)
+    state["learning_rate"] = lr
+    state["step"] = count + ok.astype(count.dtype)
+    return new_params
 
 
 def _assign(target: dict | list, source: dict | list) -> None:

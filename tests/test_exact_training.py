@@ -96,7 +96,7 @@ def test_a_finite_loss_with_an_infinite_gradient_keeps_the_weights_of_the_step_b
         loss, ntok = masked_loss(model, **batch)
         calls.append(1)
         if len(calls) == 3:  # the third step: loss unchanged, one gradient infinite
-            loss = loss + _zero_with_infinite_gradient(model.layers[0].self_attn.q_proj.lora_b)
+            loss = loss + _zero_with_infinite_gradient(model.layers[0].self_attn.o_proj.lora_b)
         return loss, ntok
 
     model = _fresh_model(cfg)

@@ -138,7 +138,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_weights():
     from riscv_ft.cli import compose
     from riscv_ft.data.pipeline import prepare
-    from riscv_ft.model import apply_adapters, load_base
+    from riscv_ft.model import apply_adapters, load_base, trainable_parameters
     from riscv_ft.trainer import Trainer, TrainingDiverged
 
     cfg = compose(["experiment=smoke", "trainer.iters=3"])
@@ -152,7 +152,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_weights():
     with pytest.raises(TrainingDiverged, match="learning rate"):
         Trainer(loaded.model, cfg.trainer, 8).fit(data.samples["train"], data.samples["valid"], lambda *a: None, saves.append)
     assert saves == []
-    assert np.array_equal(np.array(loaded.model.layers[0].self_attn.q_proj.lora_a), before)
+    after = trainable_parameters(loaded.model)["model.layers.0.self_attn.q_proj.lora_a"]  # mlx-lm's layout
+    assert np.array_equal(np.array(after), before)
 
 
 def _data_file(tmp_path: Path, name: str, content: bytes | None) -> str:
