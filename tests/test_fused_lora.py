@@ -125,3 +125,20 @@ def test_the_update_is_mlx_adamw_on_the_scaled_gradient_and_nothing_moves_when_n
         assert mx.array_equal(after[k], before[0][k])
         assert mx.array_equal(ours.state[k]["m"], before[1][k]["m"]) and mx.array_equal(ours.state[k]["v"], before[1][k]["v"])
     assert ours.state["step"].item() == 3
+
+
+@pytest.mark.parametrize("fuse, most", [(False, 0.95), (True, 0.70)], ids=["default", "fused"])
+def test_a_step_runs_fewer_operations_than_mlx_lm_s(fuse, most):
+    """On a GPU the step is bound by how many kernels it launches (benchmarks/NOTES.md, section 8):
+    the count of one compiled step's graph nodes, ours against mlx-lm's, for Mistral's 32 blocks."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "step_graph.py"
+    result = subprocess.run([sys.executable, str(script), *(["--fuse-lora"] if fuse else [])],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ratio = float(re.search(r"ratio \(Mistral-7B's 32 blocks\): ([0-9.]+)", result.stdout).group(1))
+    assert ratio <= most, result.stdout
