@@ -30,13 +30,16 @@ def _largest_difference(a_dir: Path, b_dir: Path) -> float:
     return max(float(mx.abs(a[k] - b[k]).max()) for k in a)
 
 
-def test_ctrl_c_at_a_step_that_is_not_a_save_step_then_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("fuse", ["false", "true"], ids=["unfused", "fuse_lora"])
+def test_ctrl_c_at_a_step_that_is_not_a_save_step_then_resume_is_exact(tmp_path, fuse):
+    # fuse_lora: the checkpoint holds mlx-lm's layout, the optimizer state the fused layers'.
+    run = [*RUN, f"trainer.fuse_lora={fuse}"]
     left_alone = tmp_path / "left_alone"
-    result = run_train(*RUN, f"hydra.run.dir={left_alone}")
+    result = run_train(*run, f"hydra.run.dir={left_alone}")
     assert result.returncode == 0, result.stderr[-2000:]
 
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "riscv_ft.train", *RUN, f"hydra.run.dir={stopped}"],
+    proc = subprocess.Popen([sys.executable, "-m", "riscv_ft.train", *run, f"hydra.run.dir={stopped}"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while "step 3/12" not in ((stopped / "train.log").read_text() if (stopped / "train.log").exists() else ""):

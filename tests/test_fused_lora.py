@@ -142,3 +142,14 @@ def test_a_step_runs_fewer_operations_than_mlx_lm_s(fuse, most):
     assert result.returncode == 0, result.stderr[-2000:]
     ratio = float(re.search(r"ratio \(Mistral-7B's 32 blocks\): ([0-9.]+)", result.stdout).group(1))
     assert ratio <= most, result.stdout
+
+
+def test_packed_rows_through_fused_layers_give_each_sample_its_unpacked_loss():
+    from tests.test_packing import _per_sample_losses
+
+    cfg, loaded = _lora_model()
+    assert fuse_lora_projections(loaded.model) > 0
+    samples = prepare(cfg.data, loaded.tokenizer, seed=0).samples["train"][:7]
+    width = sum(len(s.tokens) - 1 for s in samples[:4]) + 5
+    packed, unpacked = _per_sample_losses(loaded.model, samples, [[0, 1, 2, 3], [4, 5, 6]], width)
+    assert packed == pytest.approx(unpacked, rel=1e-5)
