@@ -153,3 +153,15 @@ def test_packed_rows_through_fused_layers_give_each_sample_its_unpacked_loss():
     width = sum(len(s.tokens) - 1 for s in samples[:4]) + 5
     packed, unpacked = _per_sample_losses(loaded.model, samples, [[0, 1, 2, 3], [4, 5, 6]], width)
     assert packed == pytest.approx(unpacked, rel=1e-5)
+
+
+def test_the_global_norm_is_the_norm_of_all_gradients_in_one_reduction_or_per_array(monkeypatch):
+    import riscv_ft.trainer as trainer
+
+    rng = np.random.default_rng(1)
+    grads = {"a": mx.array(rng.normal(size=(300, 7)), dtype=mx.float32),
+             "b": [mx.array(rng.normal(size=(5,)), dtype=mx.float32), mx.array(rng.normal(size=(2, 3, 4)), dtype=mx.bfloat16)]}
+    expected = np.sqrt(sum(float((np.array(g.astype(mx.float32)) ** 2).sum()) for _, g in tree_flatten(grads)))
+    assert trainer.global_norm(grads).item() == pytest.approx(expected, rel=1e-5)
+    monkeypatch.setattr(trainer, "_NORM_IN_ONE_REDUCTION", 10)  # the full fine-tuning path
+    assert trainer.global_norm(grads).item() == pytest.approx(expected, rel=1e-5)
