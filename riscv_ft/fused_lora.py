@@ -141,9 +141,14 @@ def _fusable(module: nn.Module, names: tuple[str, ...]) -> bool:
     if not all(type(p) is LoRALinear for p in parts):  # DoRA, full fine-tuning, untargeted projections
         return False
     first = parts[0]
+
+    def base_layout(linear: nn.Module) -> tuple:  # what the concatenated base layer must share
+        quantization = tuple(getattr(linear, key, None) for key in ("group_size", "bits", "mode"))
+        return type(linear), quantization, "bias" in linear, "biases" in linear, linear.weight.dtype
+
     return all(p.lora_a.shape[1] == first.lora_a.shape[1] and p.scale == first.scale
-               and p.dropout._p_1 == first.dropout._p_1 and type(p.linear) is type(first.linear)
-               and ("bias" in p.linear) == ("bias" in first.linear) for p in parts)
+               and p.dropout._p_1 == first.dropout._p_1 and base_layout(p.linear) == base_layout(first.linear)
+               for p in parts)
 
 
 def fuse_lora_projections(model: nn.Module) -> int:

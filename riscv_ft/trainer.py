@@ -462,7 +462,8 @@ def global_norm(grads: dict) -> mx.array:
 def adamw_update(optimizer: optim.AdamW, schedule: Callable, params: dict, grads: dict, scale: mx.array,
                  ok: mx.array) -> dict:
     """MLX's AdamW step on `grads * scale`, applied only where `ok` (a scalar) is true; returns the
-    new parameters and updates `optimizer.state` (same layout and arithmetic as optim.AdamW).
+    new parameters and updates `optimizer.state` (same layout and arithmetic as optim.AdamW, in
+    float32).
 
     Why not optimizer.update: composed with the gradient scaling and a skip (mx.where on every
     parameter and moment), MLX's compiler splits each array's update into seven kernels (it
@@ -486,12 +487,15 @@ def adamw_update(optimizer: optim.AdamW, schedule: Callable, params: dict, grads
     decay = 1 - lr_ok * optimizer.weight_decay
 
     def update(gradient: mx.array, parameter: mx.array, moments: dict) -> mx.array:
-        dtype = gradient.dtype
-        g = mx.where(ok, gradient * scale.astype(dtype), mx.zeros_like(gradient))
-        m = keep1.astype(dtype) * moments["m"] + take1.astype(dtype) * g
-        v = keep2.astype(dtype) * moments["v"] + take2.astype(dtype) * mx.square(g)
+        # In float32 whatever the parameter's dtype: a bfloat16 update of a bfloat16 weight
+        # loses every step smaller than half its spacing (most of them at fine-tuning rates),
+        # so full fine-tuning keeps float32 weights and moments from the first step on, as it
+        # did when the gradients were divided by the float32 token count before the update.
+        g = mx.where(ok, gradient.astype(mx.float32) * scale, 0.0)
+        m = keep1 * moments["m"] + take1 * g
+        v = keep2 * moments["v"] + take2 * mx.square(g)
         moments["m"], moments["v"] = m, v
-        return parameter * decay.astype(dtype) - c1.astype(dtype) * m / (mx.sqrt(v) * c2.astype(dtype) + optimizer.eps)
+        return parameter * decay - c1 * m / (mx.sqrt(v) * c2 + optimizer.eps)
 
     new_params = tree_map(update, grads, params, state)
     state["learning_rate"] = lr

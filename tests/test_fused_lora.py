@@ -95,11 +95,21 @@ def test_a_fused_run_trains_as_an_unfused_one_and_its_adapters_load_in_mlx_lm(tm
     assert float(mx.abs(outputs[0] - outputs[1]).max()) < 1e-4
 
 
-def test_dora_and_partial_targets_stay_unfused():
+def test_dora_partial_targets_and_mixed_quantization_stay_unfused():
     _, dora = _lora_model(["lora=dora"], random_b=False)
     assert fuse_lora_projections(dora.model) == 0
     _, partial = _lora_model(["lora.targets=[q_proj,v_proj]"], random_b=False)
     assert fuse_lora_projections(partial.model) == 0
+    # Mixed-precision checkpoints quantize some projections with more bits: v_proj at 8 here.
+    cfg = compose(["experiment=smoke", "model.dtype=float32"])
+    model = load_base(cfg.model).model
+    nn.quantize(model, group_size=32, bits=8, class_predicate=lambda path, m: path.endswith("v_proj"))
+    nn.quantize(model, group_size=32, bits=4, class_predicate=lambda path, m: isinstance(m, nn.Linear) and "lm_head" not in path)
+    model.freeze()
+    apply_adapters(model, cfg.lora)
+    assert fuse_lora_projections(model) == cfg.model.tiny.num_hidden_layers  # the MLPs only
+    assert not hasattr(model.layers[0].self_attn, "qkv_proj")
+    mx.eval(model(mx.array([[1, 3, 1234, 4]])))
 
 
 def test_the_update_is_mlx_adamw_on_the_scaled_gradient_and_nothing_moves_when_not_ok():
@@ -125,6 +135,22 @@ def test_the_update_is_mlx_adamw_on_the_scaled_gradient_and_nothing_moves_when_n
         assert mx.array_equal(after[k], before[0][k])
         assert mx.array_equal(ours.state[k]["m"], before[1][k]["m"]) and mx.array_equal(ours.state[k]["v"], before[1][k]["v"])
     assert ours.state["step"].item() == 3
+
+
+def test_full_fine_tuning_of_a_bfloat16_model_moves_every_weight_in_float32():
+    """A bfloat16 update of a bfloat16 weight of 0.02 drops any step under ~6e-5: the update runs
+    in float32 and keeps float32 weights (as it did before the update was fused)."""
+    rng = np.random.default_rng(2)
+    params = {"w": mx.array(rng.normal(size=(64, 64)) * 0.02, dtype=mx.bfloat16)}
+    schedule = optim.linear_schedule(2e-5, 2e-5, 1)
+    optimizer = optim.AdamW(learning_rate=schedule, bias_correction=True)
+    optimizer.init(params)
+    start = params["w"].astype(mx.float32)
+    for _ in range(20):
+        grads = {"w": mx.array(rng.normal(size=(64, 64)), dtype=mx.bfloat16)}
+        params = adamw_update(optimizer, schedule, params, grads, mx.array(1.0), mx.array(True))
+    assert params["w"].dtype == mx.float32
+    assert float((params["w"] != start).astype(mx.float32).mean()) > 0.99
 
 
 @pytest.mark.parametrize("fuse, most", [(False, 0.95), (True, 0.70)], ids=["default", "fused"])
