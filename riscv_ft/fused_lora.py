@@ -19,6 +19,7 @@ always written in mlx-lm's layout (one lora_a/lora_b per projection), through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -39,7 +40,27 @@ class _Parts:
     names: tuple[str, ...]
     rank: int
     out_dims: tuple[int, ...]
-    mask: mx.array  # (rank * parts, sum of out_dims): 1 on the diagonal blocks of B, 0 elsewhere
+    dtype: mx.Dtype  # of the LoRA matrices
+
+    def blocks(self) -> list[tuple[str, slice, slice]]:
+        """(projection, its columns of A = its rows of B, its columns of B) for each part."""
+        starts = np.cumsum((0,) + self.out_dims)
+        return [(name, slice(i * self.rank, (i + 1) * self.rank), slice(int(starts[i]), int(starts[i + 1])))
+                for i, name in enumerate(self.names)]
+
+    def block_diagonal(self, blocks: list[mx.array]) -> mx.array:
+        """The fused B: each part's B on its own rows and columns, zero elsewhere."""
+        fused = mx.zeros((self.rank * len(self.names), sum(self.out_dims)), dtype=self.dtype)
+        for (_, rows, cols), block in zip(self.blocks(), blocks):
+            fused[rows, cols] = block
+        return fused
+
+    @cached_property
+    def mask(self) -> mx.array:
+        """1 on the diagonal blocks of B, 0 elsewhere (evaluated once: a constant of the step)."""
+        mask = self.block_diagonal([mx.ones((self.rank, out)) for out in self.out_dims])
+        mx.eval(mask)
+        return mask
 
     @property
     def split_at(self) -> list[int]:
@@ -56,19 +77,12 @@ class FusedLoRALinear(nn.Module):
     def __init__(self, names: tuple[str, ...], parts: list):
         super().__init__()
         first = parts[0]
-        rank = first.lora_a.shape[1]
-        out_dims = tuple(p.lora_b.shape[1] for p in parts)
+        self.parts = _Parts(names, first.lora_a.shape[1], tuple(p.lora_b.shape[1] for p in parts), first.lora_b.dtype)
         self.linear = _concatenated_base([p.linear for p in parts])
         self.dropout = first.dropout
         self.scale = first.scale
         self.lora_a = mx.concatenate([p.lora_a for p in parts], axis=1)
-        mask = np.zeros((rank * len(parts), sum(out_dims)), dtype=np.float32)
-        lora_b = mx.zeros(mask.shape, dtype=first.lora_b.dtype)
-        for i, (start, part) in enumerate(zip(np.cumsum((0,) + out_dims), parts)):
-            mask[i * rank:(i + 1) * rank, start:start + out_dims[i]] = 1
-            lora_b[i * rank:(i + 1) * rank, start:start + out_dims[i]] = part.lora_b
-        self.lora_b = lora_b
-        self.parts = _Parts(names, rank, out_dims, mx.array(mask, dtype=lora_b.dtype))
+        self.lora_b = self.parts.block_diagonal([p.lora_b for p in parts])
 
     def __call__(self, x: mx.array) -> list[mx.array]:  # one output per projection
         # The arithmetic of mlx-lm's LoRALinear, for all parts at once, on the rows flattened
@@ -155,8 +169,9 @@ def fuse_lora_projections(model: nn.Module) -> int:
     """Fuse the q/k/v and gate/up LoRA layers of mlx-lm llama/mistral blocks in place.
 
     Returns how many attention and MLP modules were fused (0 for other architectures, DoRA,
-    full fine-tuning or partial targets: those train unfused, with the same results). Each block is evaluated as
-    it is fused, so the base weights are never held twice.
+    full fine-tuning, partial targets or mixed quantization: those train unfused, with the
+    same results). Each block is evaluated as it is fused, so the base weights are never held
+    twice.
     """
     from mlx_lm.models import llama
 
@@ -185,13 +200,10 @@ def standard_layout(model: nn.Module, weights: dict[str, mx.array]) -> dict[str,
     weights = dict(weights)
     for path, module in _fused_modules(model):
         lora_a, lora_b = weights.pop(f"{path}.lora_a"), weights.pop(f"{path}.lora_b")
-        parent, parts = path.rsplit(".", 1)[0], module.parts
-        start = 0
-        for i, (name, out) in enumerate(zip(parts.names, parts.out_dims)):
-            rows = slice(i * parts.rank, (i + 1) * parts.rank)
-            weights[f"{parent}.{name}.lora_a"] = lora_a[:, rows]
-            weights[f"{parent}.{name}.lora_b"] = lora_b[rows, start:start + out]
-            start += out
+        parent = path.rsplit(".", 1)[0]
+        for name, rank_slice, out_slice in module.parts.blocks():
+            weights[f"{parent}.{name}.lora_a"] = lora_a[:, rank_slice]
+            weights[f"{parent}.{name}.lora_b"] = lora_b[rank_slice, out_slice]
     return weights
 
 
@@ -199,15 +211,10 @@ def fused_layout(model: nn.Module, weights: dict[str, mx.array]) -> dict[str, mx
     """The inverse of `standard_layout`: mlx-lm-layout weights as `model`'s fused layers hold them."""
     weights = dict(weights)
     for path, module in _fused_modules(model):
-        parent, parts = path.rsplit(".", 1)[0], module.parts
-        keys = [f"{parent}.{name}" for name in parts.names]
+        parent = path.rsplit(".", 1)[0]
+        keys = [f"{parent}.{name}" for name in module.parts.names]
         if f"{keys[0]}.lora_a" not in weights:
             continue
         weights[f"{path}.lora_a"] = mx.concatenate([weights.pop(f"{k}.lora_a") for k in keys], axis=1)
-        lora_b = mx.zeros(parts.mask.shape, dtype=module.lora_b.dtype)
-        start = 0
-        for i, (key, out) in enumerate(zip(keys, parts.out_dims)):
-            lora_b[i * parts.rank:(i + 1) * parts.rank, start:start + out] = weights.pop(f"{key}.lora_b")
-            start += out
-        weights[f"{path}.lora_b"] = lora_b
+        weights[f"{path}.lora_b"] = module.parts.block_diagonal([weights.pop(f"{k}.lora_b") for k in keys])
     return weights

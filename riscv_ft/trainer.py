@@ -503,16 +503,6 @@ def adamw_update(optimizer: optim.AdamW, schedule: Callable, params: dict, grads
     return new_params
 
 
-def _assign(target: dict | list, source: dict | list) -> None:
-    """Copy a tree of arrays into `target` in place: mx.compile tracks the optimizer's state
-    by the containers it was given, so they must stay the same objects."""
-    for key in range(len(source)) if isinstance(source, list) else source:
-        if isinstance(source[key], (dict, list)):
-            _assign(target[key], source[key])
-        else:
-            target[key] = source[key]
-
-
 @contextmanager
 def _deferred_interrupts():
     """Turn the first Ctrl-C or SIGTERM into a request to stop after the current step.
