@@ -33,8 +33,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
-    """Compose a config as `python -m riscv_ft.train` would, raising ConfigError on any problem."""
+def compose(overrides: list[str], config_name: str = "train", hydra_config: bool = False) -> DictConfig:
+    """Compose a config as `python -m riscv_ft.train` would, raising ConfigError on any problem
+    (with hydra_config=True, the `hydra` node too: launcher, sweeper, callbacks)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -42,7 +43,7 @@ def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra_config)
     except Exception as err:  # noqa: BLE001 - Hydra and OmegaConf raise many kinds
         raise ConfigError(_one_line(err)) from err
     finally:
@@ -97,10 +98,28 @@ def preflight(argv: list[str]) -> None:
                 variants += [fixed + [f"{o.get_key_element()}={v}"] for v in values]
         for variant in variants:
             check_overrides_used(compose(variant, config_name), variant)
+        if "-m" in argv or "--multirun" in argv:
+            check_cluster_store(compose(fixed, config_name, hydra_config=True))
     except ConfigError as err:
         fail(str(err))
     except Exception as err:  # noqa: BLE001 - override syntax errors
         fail(_one_line(err))
+
+
+def check_cluster_store(cfg: DictConfig) -> None:
+    """Jobs that a Ray cluster runs on other hosts cannot write this machine's SQLite store:
+    say so before the sweep starts rather than after every job failed to track."""
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_") or "")
+    address = OmegaConf.select(cfg, "hydra.launcher.ray.init.address")
+    if not launcher.endswith("RayLauncher") or address in (None, "", "local"):
+        return
+    tracking = cfg.tracking
+    if tracking.enabled and not tracking.offline and not str(tracking.uri or "").startswith(("http://", "https://")):
+        where = tracking.uri or "the local SQLite file mlruns/mlflow.db"
+        raise ConfigError(
+            f"hydra.launcher.ray.init.address={address} runs the jobs on a cluster, whose other hosts cannot write "
+            f"{where}: pass tracking.uri=http://HOST:5000 (an MLflow server every host reaches) or tracking.offline=true"
+        )
 
 
 def _search_path_overrides(argv: list[str]) -> tuple[list[str], str]:
