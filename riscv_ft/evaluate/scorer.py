@@ -39,7 +39,7 @@ from typing import Any, Iterable, Sequence
 
 from riscv_ft.evaluate.assembler import Assembler, find_assembler
 from riscv_ft.evaluate.emulator import NO_SCRATCH, Emulator, Scratch, boundary_states, disassemble
-from riscv_ft.evaluate.reference import CLASSES, bind_placeholders, classify, mnemonics, normalize
+from riscv_ft.evaluate.reference import CLASSES, bind_placeholders, classify, instruction_count, mnemonics, normalize
 from riscv_ft.evaluate.sanitize import REGISTERS
 
 METRICS = ("exact_match", "mnemonic_match", "assembles", "same_encoding", "functional")
@@ -181,9 +181,19 @@ def summarize(scored_rows: Sequence[dict]) -> dict[str, Any]:
 
     `<metric>` is how many rows were true, `<metric>_n` how many rows it applies to (not
     null), `<metric>_rate` the ratio (null if it applies to none). exact_match applies to every
-    row; assembles/same_encoding/functional only to assembly references.
+    row; assembles/same_encoding/functional only to assembly references. `instructions` splits
+    the assembly-class rows into `one` and `multi` (reference.instruction_count), `categories`
+    (present when rows carry a `category`) has a block per category.
     """
     summary = _block(scored_rows)
     summary["classes"] = {cls: _block(r for r in scored_rows if r.get("reference_class") == cls)
                           for cls in CLASSES}
+    # assembly-class rows by the size of the task: one instruction or several (reference's count)
+    assembly = [r for r in scored_rows if r.get("reference_class") == "assembly"]
+    summary["instructions"] = {
+        "one": _block(r for r in assembly if instruction_count(r["reference"]) <= 1),
+        "multi": _block(r for r in assembly if instruction_count(r["reference"]) > 1)}
+    categories = sorted({str(r["category"]) for r in scored_rows if r.get("category") is not None})
+    if categories:  # rows tagged by kind of task (the user-style prompts)
+        summary["categories"] = {c: _block(r for r in scored_rows if str(r.get("category")) == c) for c in categories}
     return summary
