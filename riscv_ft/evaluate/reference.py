@@ -4,7 +4,9 @@ to turn its placeholder operands into concrete ones.
 Classes (the dataset's targets come in all of these):
 
 * ``assembly``     instructions with operands, possibly placeholders: ``add rd, rs1, rs2``;
-                   also operand-less instructions such as ``ecall``, ``ret``, ``fence``
+                   also operand-less instructions such as ``ecall``, ``ret``, ``fence``, and
+                   several lines with labels, alone on a line (``done:``) or numeric (``1:``,
+                   ``bnez t0, 1b``)
 * ``mnemonic``     a bare mnemonic: ``fmax.d``, ``slt``
 * ``pseudo-code``  semantics, not assembly: ``x[rd] = x[rs1] + x[rs2]``, ``RaiseException(...)``
 * ``directive``    an assembler directive: ``.dword value``
