@@ -207,7 +207,7 @@ def compare_table(columns: list[tuple[str, dict]], title: str) -> str:
     width = max(len(label) for label, _ in rows)
     lines = [f"{title}, functional: " + " | ".join(name for name, _ in columns)]
     for label, pick in rows:
-        lines.append(f"  {label:<{width}}  " + " | ".join(_fraction(pick(b)) for _, b in columns))
+        lines.append(f"  {label:<{width}}  " + " | ".join(f"{_fraction(pick(b)):>16}" for _, b in columns))
     seconds = [b.get("seconds_per_answer") for _, b in columns]
-    lines.append(f"  {'s per answer':<{width}}  " + " | ".join("n/a" if s is None else f"{s:.3f}" for s in seconds))
+    lines.append(f"  {'s per answer':<{width}}  " + " | ".join(f"{'n/a' if s is None else f'{s:.3f}':>16}" for s in seconds))
     return "\n".join(lines)
