@@ -15,4 +15,7 @@ Modules, in the order data flows through them:
 * emulator.py   run machine code in unicorn (RV64GC) from fixed random states, bounded
 * scorer.py     score_rows() and summarize(): the public API; `python -m riscv_ft.score` is
                 its command line
+* verified.py   verified decoding: pick, among sampled answers, the one whose behaviour in the
+                emulator most of them share (pick_by_behaviour)
+* model_eval.py answer rows with a model (greedy, or verified) and score them
 """
