@@ -1,6 +1,8 @@
 """Extra training rows mixed into the real data's training split (never into valid/test):
 
 * `synthetic`: assembler-verified pairs from riscv_ft.data.synthetic (concrete operands);
+* `tasks`: verified multi-instruction tasks from riscv_ft.data.tasks (min with a branch, a
+  bit-field insert, a stack frame, a counted loop, FP loads and stores...);
 * `user_style`: plain requests the way users type them ("put a1 plus a2 in a0", "load the
   word at 8(sp) into t0"), generated here from phrasings of their own with concrete registers
   and immediates, each checked by assembling and running it against itself;
@@ -136,6 +138,13 @@ def mix_training_rows(train: list[dict], data_cfg, seed: int) -> tuple[list[dict
         extra = synthetic_rows(int(data_cfg.mix_synthetic), seed=seed + 1, max_instructions=data_cfg.synthetic_max_instructions)
         rows += extra
         added["synthetic"] = len(extra)
+    if data_cfg.get("mix_tasks", 0):
+        from riscv_ft.data.tasks import task_rows
+
+        extra = [{"description": r["description"], "instructions": r["instructions"]}
+                 for r in task_rows(int(data_cfg.mix_tasks), seed=seed + 3)]
+        rows += extra
+        added["tasks"] = len(extra)
     if data_cfg.get("mix_user_style", 0):
         extra = user_style_rows(int(data_cfg.mix_user_style), seed=seed + 2)
         rows += extra
