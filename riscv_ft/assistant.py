@@ -15,7 +15,10 @@
 The base model is loaded by `riscv_ft.model.load_base` with the run's own model config (so a
 4-bit base is quantized exactly as it was for training) and the adapter by mlx-lm's
 `load_adapters`. Prompts are built in the run's `data.prompt_format`, read from its
-config.yaml. Answers are greedy unless a temperature > 0 is given.
+config.yaml. Answers are greedy unless a temperature > 0 is given; `decode="verify"` answers
+with what most of several sampled answers do in the emulator (riscv_ft.evaluate.verified):
+
+    assistant.ask("Swap a0 and a1 without a temporary", decode="verify", samples=8)
 
 This module also resolves where a model comes from (`Source`) for `riscv_ft.generate` and
 `riscv_ft.export`.
@@ -367,17 +370,33 @@ class Assistant:
             if text:
                 yield text
 
-    def ask(self, description: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.0) -> str:
-        """One answer (greedy by default)."""
-        return "".join(self.stream(description, max_tokens, temperature, top_p)).strip()
+    def ask(self, description: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.0,
+            decode: str = "greedy", samples: int = 8) -> str:
+        """One answer: greedy (or sampled with a temperature > 0), or with decode="verify" the
+        behavioural majority of the greedy answer and `samples` sampled ones
+        (riscv_ft.evaluate.verified; sampled at `temperature`, 0.7 when it is 0)."""
+        if decode == "greedy":
+            return "".join(self.stream(description, max_tokens, temperature, top_p)).strip()
+        return self.ask_many([description], max_tokens, temperature, top_p, decode=decode, samples=samples)[0]
 
     def ask_many(
         self, descriptions: list[str], max_tokens: int = 256, temperature: float = 0.0,
-        top_p: float = 0.0, batch_size: int = 16,
+        top_p: float = 0.0, batch_size: int = 16, decode: str = "greedy", samples: int = 8,
     ) -> list[str]:
-        """One answer per description, generated in batches (riscv_ft.inference.generate_answers)."""
+        """One answer per description, generated in batches (riscv_ft.inference.generate_answers);
+        decode="verify" as in `ask`."""
         from riscv_ft.inference import generate_answers
 
+        if decode not in ("greedy", "verify"):
+            raise AssistantError(f"decode={decode!r} is not allowed: expected greedy or verify")
+        if decode == "verify" and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise AssistantError(f"samples={samples!r} is not allowed: expected an integer >= 1")
+        if decode == "verify":
+            from riscv_ft.evaluate.verified import TEMPERATURE, verified_answers
+
+            return verified_answers(self.model, self.tokenizer, list(descriptions), self.prompt_format, max_tokens,
+                                    batch_size, samples=samples, temperature=temperature or TEMPERATURE,
+                                    top_p=top_p)[0]
         return generate_answers(
             self.model, self.tokenizer, list(descriptions), self.prompt_format,
             max_tokens=max_tokens, batch_size=batch_size, temperature=temperature, top_p=top_p,

@@ -228,6 +228,13 @@ class EvalConfig:
     print_samples: int = 4
     # auto, gnu, llvm-mc, clang or zig.
     assembler: str = "auto"
+    # greedy, or verify: also sample eval.samples answers per prompt (temperature 0.7) and
+    # answer with the largest group that behaves the same in the emulator (ties: greedy; see
+    # riscv_ft/evaluate/verified.py). The greedy answers are scored as well, so one run gives
+    # both figures (the `verified` blocks of eval_summary.json, eval_*verified_* metrics) and
+    # both costs in seconds per answer.
+    decode: str = "greedy"
+    samples: int = 8
 
 
 @dataclass
@@ -304,6 +311,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("eval.user_prompts", lambda v: v >= -1, "-1 (all), 0 (none) or a positive integer"),
     ("eval.print_samples", lambda v: v >= 0, "an integer >= 0"),
     ("eval.assembler", lambda v: v in ("auto", "gnu", "llvm-mc", "clang", "zig"), "one of auto, gnu, llvm-mc, clang, zig"),
+    ("eval.decode", lambda v: v in ("greedy", "verify"), "greedy or verify"),
+    ("eval.samples", lambda v: 1 <= v <= 256, "an integer from 1 to 256"),
 ]
 
 

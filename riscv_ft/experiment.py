@@ -35,7 +35,7 @@ from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.packing import packed_batches
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
-from riscv_ft.evaluate.model_eval import (answer_rows, describe, evaluate_model, headline_metrics, load_user_prompts,
+from riscv_ft.evaluate.model_eval import (answer_rows, compare_table, describe, evaluate_model, headline_metrics, load_user_prompts,
                                          select_rows, write_scored)
 from riscv_ft.memory import warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
@@ -222,7 +222,11 @@ def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str) -> di
             continue
         log.info("Answering %d %s rows with the %s model", len(rows), "held-out" if name == "split" else "user-style", who)
         if cfg.eval.enabled:
-            scored, summary = evaluate_model(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens, cfg.eval.assembler)
+            # verified decoding for the tuned model only: the base is the greedy point of reference
+            decode = cfg.eval.decode if who == "tuned" else "greedy"
+            scored, summary = evaluate_model(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens,
+                                             cfg.eval.assembler, decode=decode, samples=cfg.eval.samples,
+                                             seed=cfg.trainer.seed)
             summary["selection"] = selection
         else:
             scored, summary = answer_rows(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens), None
@@ -275,6 +279,12 @@ def evaluate_run(model, tokenizer, splits: dict, cfg: DictConfig, baseline: dict
             block = summary if key is None else summary.get(key)
             if block:
                 lines.append(f"{title:>26}: {describe(block)}")
+        for base_key, tuned_block, title in (("baseline", summary, "Held-out"), ("baseline_user_prompts",
+                                             summary.get("user_prompts"), "User-style prompts")):
+            if tuned_block:
+                table = compare_table([("base", summary.get(base_key)), ("tuned", tuned_block),
+                                       ("tuned verified", tuned_block.get("verified"))], title)
+                lines += ["", table]
     log.info("\n".join(lines))
     return scored, summary
 

@@ -15,6 +15,11 @@ Options (key=value):
     input=FILE.jsonl            rows with `description`, `prompt` or chat `messages`; answered in batches
     output=FILE.jsonl           where the answered rows go (default: stdout)
     max_tokens=256  temperature=0 (greedy)  top_p=0 (off)  seed=N  batch_size=16
+    decode=greedy|verify        verify: sample `samples` answers besides the greedy one, drop those
+                                that do not assemble, answer with the largest group that behaves the
+                                same in the emulator (ties: greedy); temperature= is the sampling one
+                                (0.7 when 0). See riscv_ft/evaluate/verified.py
+    samples=8                   sampled answers per prompt with decode=verify
     check=true                  score each answer with riscv_ft.evaluate.scorer (assembles? runs?)
     prompt_format=chat|completion   only without run=: the format the adapter was trained with
     dtype=float32|bfloat16|float16  only without run=: compute dtype of the base
@@ -40,7 +45,7 @@ from riscv_ft.cli import as_bool, as_number, fail, parse_args, wants_help  # noq
 
 KEYS = {
     "run", "adapter", "model", "prompt", "input", "output", "max_tokens", "temperature", "top_p",
-    "seed", "batch_size", "check", "prompt_format", "dtype", "tracking_uri",
+    "seed", "batch_size", "check", "prompt_format", "dtype", "tracking_uri", "decode", "samples",
 }
 
 
@@ -182,9 +187,9 @@ def _first_line(err: BaseException) -> str:
 
 def answer_one(assistant, description: str, options: dict, scorer, stream: bool = False) -> str:
     out = sys.stdout
-    if stream:
+    if stream and options.get("decode", "greedy") == "greedy":  # a verified answer is known only at the end
         pieces = []
-        for piece in assistant.stream(description, **options):
+        for piece in assistant.stream(description, options["max_tokens"], options["temperature"], options["top_p"]):
             pieces.append(piece)
             out.write(piece)
             out.flush()
@@ -305,7 +310,13 @@ def main(argv: list[str]) -> None:
         "max_tokens": as_number(args, "max_tokens", int, 256, 1, None, "an integer >= 1"),
         "temperature": as_number(args, "temperature", float, 0.0, 0.0, 10.0, "a number from 0 (greedy) to 10"),
         "top_p": as_number(args, "top_p", float, 0.0, 0.0, 1.0, "a number in [0, 1] (0 turns it off)"),
+        "decode": args.get("decode", "greedy"),
+        "samples": as_number(args, "samples", int, 8, 1, 256, "an integer from 1 to 256"),
     }
+    if options["decode"] not in ("greedy", "verify"):
+        fail(f"decode={options['decode']!r} is not allowed: expected greedy or verify")
+    if options["decode"] == "verify":
+        load_scorer()  # an answer is verified with the assembler: a missing one is said before the model loads
     batch_size = as_number(args, "batch_size", int, 16, 1, 4096, "an integer >= 1")
     seed = as_number(args, "seed", int, None, 0, None, "an integer >= 0")
     if "prompt" in args and "input" in args:

@@ -61,6 +61,14 @@ def test_metrics_and_summary_carry_the_base_and_the_user_prompts_beside_the_tune
     assert summary["baseline"]["functional_rate"] == metrics["base_eval_functional_rate"]
     for name in ("eval.jsonl", "eval_user.jsonl", "base_eval.jsonl", "base_eval_user.jsonl"):
         assert (smoke_run / name).is_file(), name
+    # one- vs multi-instruction prompts and the cost of an answer, base beside tuned
+    for key, prefix in (("user_prompts", "eval_user_"), ("baseline_user_prompts", "base_eval_user_")):
+        sizes = summary[key]["instructions"]
+        assert sizes["one"]["rows"] + sizes["multi"]["rows"] == summary[key]["classes"]["assembly"]["rows"]
+        assert metrics[prefix + "one_functional_rate"] == sizes["one"]["functional_rate"]
+        assert metrics[prefix + "seconds_per_answer"] > 0
+    log = (smoke_run / "train.log").read_text()
+    assert "User-style prompts, functional: base | tuned" in log and "one-instruction" in log
 
 
 def test_base_answers_are_the_base_models_own(smoke_run):
@@ -88,4 +96,6 @@ def test_the_mlflow_run_has_the_base_metrics(smoke_run):
     run_id = json.loads((smoke_run / "metrics.json").read_text())["mlflow_run_id"]
     logged = mlflow.tracking.MlflowClient().get_run(run_id).data.metrics
     assert {"final_eval_functional_rate", "final_base_eval_functional_rate",
-            "final_eval_user_functional_rate", "final_base_eval_user_functional_rate"} <= set(logged)
+            "final_eval_user_functional_rate", "final_base_eval_user_functional_rate",
+            "final_eval_user_one_functional_rate", "final_base_eval_user_one_functional_rate",
+            "final_eval_user_seconds_per_answer"} <= set(logged)

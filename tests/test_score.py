@@ -210,8 +210,9 @@ def test_batch_isolates_bad_rows_and_labels():
         if i % 3 == 0:
             rows.append({"reference": "addi rd, rs1, imm", "prediction": f"addi a0, a1, {100000 + i}"})
         elif i % 3 == 1:
-            rows.append({"reference": "loop: addi a0, a0, -1\nbnez a0, loop",
-                         "prediction": "loop: addi a0, a0, -1\nbnez a0, loop"})
+            # a bounded loop (one counting a random a0 down to zero would never end: never functional)
+            rows.append({"reference": "li t0, 3\nloop: addi a0, a0, -1\naddi t0, t0, -1\nbnez t0, loop",
+                         "prediction": "li t0, 3\nloop: addi a0, a0, -1\naddi t0, t0, -1\nbnez t0, loop"})
         else:
             rows.append({"reference": "xor rd, rs1, rs2", "prediction": "xor rd, rs2, rs1"})
     scored = score_rows(rows)

@@ -1,8 +1,11 @@
-"""`python -m riscv_ft.evaluate run=RUN_DIR [rows=N] [split=test|valid] [max_tokens=64] [assembler=auto]`
+"""`python -m riscv_ft.evaluate run=RUN_DIR [rows=N] [split=test|valid] [max_tokens=64] [assembler=auto]
+    [decode=greedy|verify] [samples=8]`
 
 Answers a finished run's held-out split with its model (batched, greedy), scores the answers
 with a real assembler and emulator, prints the summary, writes RUN/eval.jsonl and
-RUN/eval_summary.json, and logs the figures to the run's MLflow run when it has one.
+RUN/eval_summary.json, and logs the figures to the run's MLflow run when it has one. With
+decode=verify the rows are also answered by verified decoding (riscv_ft/evaluate/verified.py)
+and scored: the summary's `verified` block, with seconds per answer beside greedy's.
 `run=` also takes an MLflow run id.
 """
 
@@ -22,11 +25,15 @@ def main(argv: list[str]) -> None:
     if wants_help(argv):
         print(USAGE)
         return
-    args = parse_args(argv, {"run", "rows", "split", "max_tokens", "assembler"})
+    args = parse_args(argv, {"run", "rows", "split", "max_tokens", "assembler", "decode", "samples"})
     if "run" not in args:
         fail("run=RUN_DIR (or an MLflow run id) is required")
     rows_wanted = as_number(args, "rows", int, 64, low=-1, what="-1 (all) or a positive integer")
     max_tokens = as_number(args, "max_tokens", int, 64, low=1, what="a positive integer")
+    samples = as_number(args, "samples", int, 8, low=1, high=256, what="an integer from 1 to 256")
+    decode = args.get("decode", "greedy")
+    if decode not in ("greedy", "verify"):
+        fail(f"decode={decode!r} is not allowed: expected greedy or verify")
     split = args.get("split", "test")
     if split not in ("test", "valid", "train"):
         fail(f"split={split!r} is not allowed: expected test, valid or train")
@@ -53,7 +60,7 @@ def main(argv: list[str]) -> None:
     except AssistantError as err:
         fail(str(err))
     scored, summary = evaluate_model(loaded.model, loaded.tokenizer, rows, source.prompt_format, max_tokens,
-                                     args.get("assembler", "auto"))
+                                     args.get("assembler", "auto"), decode=decode, samples=samples, seed=seed)
     summary["selection"] = selection
     write_evaluation(source.run_dir, scored, summary)
     print(describe(summary), file=sys.stderr)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Sequence
 
 from riscv_ft.evaluate.elf import ElfError, UnresolvedSymbol, read_object, relocate
-from riscv_ft.evaluate.sanitize import SNIPPET_MARKER, TARGET_LABEL, Refused, Sanitized, sanitize
+from riscv_ft.evaluate.sanitize import SECTION_PREFIX, SNIPPET_MARKER, TARGET_LABEL, Refused, Sanitized, sanitize
 
 # Every snippet is linked for, and run at, this address (emulator.py maps it).
 CODE_BASE = 0x10000
@@ -214,7 +214,7 @@ def _batch_source(group: list[tuple[int, Sanitized]]) -> tuple[str, list]:
     owner: list = [None]
     for pos, (_, san) in enumerate(group):
         prefix = f"__rv{pos}_"
-        lines += [f'.section .text.rv{pos},"ax",@progbits', ".option push"]
+        lines += [f'.section {SECTION_PREFIX}{pos},"ax",@progbits', ".option push"]
         owner += [None, None]
         for k, stmt in enumerate(san.statements):
             lines.append(stmt.replace(SNIPPET_MARKER, prefix))
@@ -227,11 +227,11 @@ def _batch_source(group: list[tuple[int, Sanitized]]) -> tuple[str, list]:
 def _extract(blob: bytes, group: list[tuple[int, Sanitized]]) -> dict[int, AsmResult]:
     results: dict[int, AsmResult] = {}
     try:
-        obj = read_object(blob, ".text.rv")
+        obj = read_object(blob, SECTION_PREFIX)
     except (ElfError, struct.error, IndexError, ValueError) as err:  # a damaged object
         return {i: AsmResult(None, f"unreadable object file: {err}") for i, _ in group}
     for pos, (i, san) in enumerate(group):
-        sec = obj.sections.get(f".text.rv{pos}")
+        sec = obj.sections.get(f"{SECTION_PREFIX}{pos}")
         prefix = f"__rv{pos}_"
         if sec is None or f"{prefix}end" not in sec.symbols:
             results[i] = AsmResult(None, "snippet missing from the object file")

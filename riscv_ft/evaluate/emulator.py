@@ -52,6 +52,7 @@ _ACCESS = {19: "read from unmapped", 20: "write to unmapped", 21: "fetch from un
            22: "write to read-only", 23: "read from protected", 24: "fetch from non-executable"}
 _EBREAK = (struct.pack("<I", 0x00100073), struct.pack("<H", 0x9002))  # ebreak, c.ebreak
 _MASK = (1 << 64) - 1
+STEP_LIMIT = "step limit"  # the outcome of a run that did not end within max_steps instructions
 
 
 # Machine CSRs compared after code that can reach them (csr* instructions, mret, raw words);
@@ -85,6 +86,42 @@ class FinalState(NamedTuple):
 
     def fregs(self) -> list[int]:
         return list(struct.unpack("<32Q", self.f))
+
+
+class Scratch(NamedTuple):
+    """Registers whose final value does not count (an evaluation row's `scratch`)."""
+
+    x: frozenset[int] = frozenset()  # integer register numbers
+    f: frozenset[int] = frozenset()  # FP register numbers
+
+
+NO_SCRATCH = Scratch()
+
+
+def _without(end: FinalState, scratch: Scratch) -> FinalState:
+    """`end` with the scratch registers zeroed, so that their values compare equal."""
+    x, f = bytearray(end.x), bytearray(end.f)
+    for n in scratch.x:
+        if n:  # x0 is not in the snapshot
+            x[8 * (n - 1):8 * n] = bytes(8)
+    for n in scratch.f:
+        f[8 * n:8 * (n + 1)] = bytes(8)
+    return end._replace(x=bytes(x), f=bytes(f))
+
+
+def compare(reference: FinalState, prediction: FinalState, scratch: Scratch = NO_SCRATCH) -> str | None:
+    """None when the two end states agree, else the first difference in words.
+
+    Registers in `scratch` do not count. A run that hit the step limit agrees with nothing, not
+    even with another endless run: code that never ends does not do what was asked, and two
+    loops cut off after the same count say nothing about what they would compute."""
+    if reference.outcome == STEP_LIMIT:
+        return "the reference does not end (no exit within the step limit)"
+    if prediction.outcome == STEP_LIMIT:
+        return f"the prediction does not end (no exit within the step limit; the reference ended with {reference.outcome})"
+    if scratch.x or scratch.f:
+        reference, prediction = _without(reference, scratch), _without(prediction, scratch)
+    return None if reference == prediction else describe_difference(reference, prediction)
 
 
 def describe_difference(reference: FinalState, prediction: FinalState) -> str:
@@ -365,26 +402,31 @@ class Emulator:
         return hit
 
     def first_difference(self, program: Program, expected: Sequence[FinalState],
-                         pointers: frozenset[int] = frozenset()) -> tuple[int, str] | None:
+                         pointers: frozenset[int] = frozenset(), scratch: Scratch = NO_SCRATCH) -> tuple[int, str] | None:
         """Run `program` state by state against `expected` (another program's run_all with the
         same pointers) and stop at the first state where it ends differently: (state index,
         what differs), or None. A wrong answer usually shows in state 0 or 1, so most
-        mismatches cost one or two runs, not ten."""
+        mismatches cost one or two runs, not ten. See compare() for `scratch` and endless loops."""
         cached = self._cache.get((program.code, program.target, pointers))
         for k, (state, want) in enumerate(zip(self.states_for(pointers), expected)):
             got = cached[k] if cached else self.run(program, state, _cache_state=True)
-            if got != want:
-                return k, describe_difference(want, got)
+            difference = compare(want, got, scratch)
+            if difference is not None:
+                return k, difference
         return None
 
-    def difference_from(self, reference: Program, program: Program,
-                        states: Sequence[InitialState]) -> tuple[int, str] | None:
+    def difference_from(self, reference: Program, program: Program, states: Sequence[InitialState],
+                        scratch: Scratch = NO_SCRATCH) -> tuple[int, str] | None:
         """Like first_difference, on extra states (not cached) for both programs."""
         for k, state in enumerate(states):
-            want, got = self.run(reference, state), self.run(program, state)
-            if got != want:
-                return k, describe_difference(want, got)
+            difference = compare(self.run(reference, state), self.run(program, state), scratch)
+            if difference is not None:
+                return k, difference
         return None
+
+    def endless(self, program: Program, pointers: frozenset[int] = frozenset()) -> int | None:
+        """The first of states_for(pointers) from which `program` hits the step limit, or None."""
+        return next((k for k, end in enumerate(self.run_all(program, pointers)) if end.outcome == STEP_LIMIT), None)
 
     def run(self, program: Program, state: InitialState, keep_memory: bool = False,
             _cache_state: bool = False) -> FinalState:
@@ -439,4 +481,4 @@ class Emulator:
             return "end"
         if pc == CODE_BASE + program.target:
             return "target"
-        return "step limit"
+        return STEP_LIMIT

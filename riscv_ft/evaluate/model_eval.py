@@ -1,5 +1,9 @@
 """Evaluating a model: answer held-out descriptions (batched, greedy), score the answers.
 
+With decode="verify" the same rows are also answered by verified decoding (verified.py) and
+scored again: the summary's `verified` block, beside the greedy figures, and the cost of each
+in seconds per answer (`seconds_per_answer`, `verified.seconds_per_answer`).
+
 Used at the end of every training run and by `python -m riscv_ft.evaluate run=RUN_DIR`.
 """
 
@@ -8,18 +12,24 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
+import time
 from collections import defaultdict
 from pathlib import Path
 
 from riscv_ft.evaluate.assembler import AssemblerNotFound
 from riscv_ft.evaluate.reference import CLASSES, classify, normalize
 from riscv_ft.evaluate.scorer import score_rows, summarize
+from riscv_ft.evaluate.verified import DECODES, SAMPLES, verified_answers
 from riscv_ft.inference import generate_answers
 
 log = logging.getLogger(__name__)
 
 # Figures worth a metric in MLflow (the rest stays in eval_summary.json).
 HEADLINE = ("exact_match_rate", "mnemonic_match_rate", "assembles_rate", "same_encoding_rate", "functional_rate")
+# Row fields that travel from an evaluation set to the scorer: a row's kind of task (summary per
+# category) and its scratch registers (whose final value does not count).
+ROW_FIELDS = ("category", "scratch")
 # User-style prompts with reference assembly, written by hand (not by data/synthetic.py): a second
 # test set, answered in every evaluation next to the held-out split.
 USER_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "user_prompts.jsonl"
@@ -51,30 +61,66 @@ def select_rows(rows: list[dict], num_rows: int, seed: int) -> tuple[list[dict],
 
 
 def load_user_prompts(path: Path = USER_PROMPTS) -> list[dict]:
-    """The shipped user-style prompt set as rows of {description, instructions}."""
+    """The shipped user-style prompt set as rows of {description, instructions[, category, scratch]}."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [{"description": r["description"], "instructions": r["instructions"]} for r in rows]
+    return [{k: r[k] for k in ("description", "instructions", *ROW_FIELDS) if k in r} for r in rows]
 
 
 def answer_rows(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
-                batch_size: int = 32) -> list[dict]:
-    """Each row's description answered: {description, reference, prediction}, the scorer's input."""
-    answers = generate_answers(model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens, batch_size)
-    return [{"description": r["description"], "reference": r["instructions"], "prediction": a} for r, a in zip(rows, answers)]
+                batch_size: int = 32, answers: list[str] | None = None) -> list[dict]:
+    """Each row's description answered: {description, reference, prediction} (and the row's
+    category and scratch), the scorer's input. `answers` given: those instead of the model's."""
+    if answers is None:
+        answers = generate_answers(model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens,
+                                   batch_size)
+    return [{"description": r["description"], "reference": r["instructions"], "prediction": a,
+             **{k: r[k] for k in ROW_FIELDS if k in r}} for r, a in zip(rows, answers)]
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
-                   assembler: str = "auto", batch_size: int = 32) -> tuple[list[dict], dict]:
-    """Answer each row's description and score the answer against its instructions."""
+                   assembler: str = "auto", batch_size: int = 32, decode: str = "greedy",
+                   samples: int = SAMPLES, seed: int | None = None) -> tuple[list[dict], dict]:
+    """Answer each row's description and score the answer against its instructions.
+
+    decode="verify": the rows are answered by verified decoding too (the greedy answers are
+    its tie-breakers, so they come for free); each scored row gets a `verified` field with that
+    answer's verdict and the summary a `verified` block."""
+    if decode not in DECODES:
+        raise ValueError(f"decode={decode!r}: expected one of {', '.join(DECODES)}")
+    started = time.perf_counter()
     pairs = answer_rows(model, tokenizer, rows, prompt_format, max_tokens, batch_size)
+    greedy_s = time.perf_counter() - started
     try:
         scored = score_rows(pairs, assembler=assembler)
     except AssemblerNotFound as err:
-        # Still useful without an assembler: exact match needs none.
+        # Still useful without an assembler: exact match needs none (and verifying needs one).
         log.warning("no RISC-V assembler (%s); scoring exact match only", str(err).splitlines()[0])
         scored = [{**p, "exact_match": normalize(p["reference"]) == normalize(p["prediction"])} for p in pairs]
         return scored, _exact_only(scored)
-    return scored, summarize(scored)
+    summary = summarize(scored)
+    summary["seconds_per_answer"] = _per_answer(greedy_s, rows)
+    if decode == "verify":
+        if seed is not None:  # the same samples on a rerun
+            import mlx.core as mx
+
+            mx.random.seed(seed)
+        started = time.perf_counter()
+        answers, _ = verified_answers(model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens,
+                                      batch_size, samples=samples, greedy=[p["prediction"] for p in pairs],
+                                      assembler=assembler)
+        # the cost of a verified answer includes its greedy answer
+        verify_s = greedy_s + time.perf_counter() - started
+        verified = score_rows(answer_rows(model, tokenizer, rows, prompt_format, max_tokens, answers=answers),
+                              assembler=assembler)
+        for row, v in zip(scored, verified):
+            row["verified"] = {k: v[k] for k in ("prediction", "assembles", "functional", "error")}
+        summary["verified"] = {**summarize(verified), "samples": samples,
+                               "seconds_per_answer": _per_answer(verify_s, rows)}
+    return scored, summary
+
+
+def _per_answer(seconds: float, rows: list) -> float | None:
+    return round(seconds / len(rows), 4) if rows else None
 
 
 def _exact_only(scored: list[dict]) -> dict:
@@ -85,12 +131,29 @@ def _exact_only(scored: list[dict]) -> dict:
 
 def headline_metrics(summary: dict, prefix: str = "eval_") -> dict:
     """The figures worth an MLflow metric, with the assembly-class functional rate (the one
-    rate that checks behaviour on the dataset's runnable references)."""
+    rate that checks behaviour on the dataset's runnable references), the functional rate of
+    one- and multi-instruction tasks and of each category, the seconds per answer, and with
+    verified decoding the same under `<prefix>verified_`."""
     metrics = {f"{prefix}{k}": summary[k] for k in HEADLINE if summary.get(k) is not None}
     assembly = summary.get("classes", {}).get("assembly", {})
     if assembly.get("functional_rate") is not None:
         metrics[f"{prefix}assembly_functional_rate"] = assembly["functional_rate"]
+    for size, block in summary.get("instructions", {}).items():  # one, multi
+        if block.get("functional_rate") is not None:
+            metrics[f"{prefix}{size}_functional_rate"] = block["functional_rate"]
+    for category, block in summary.get("categories", {}).items():
+        if block.get("functional_rate") is not None:
+            metrics[f"{prefix}category_{metric_name(category)}_functional_rate"] = block["functional_rate"]
+    if summary.get("seconds_per_answer") is not None:
+        metrics[f"{prefix}seconds_per_answer"] = summary["seconds_per_answer"]
+    if summary.get("verified"):
+        metrics.update(headline_metrics(summary["verified"], f"{prefix}verified_"))
     return metrics
+
+
+def metric_name(text: str) -> str:
+    """A category as part of a metric name: lower case, [a-z0-9_] only."""
+    return re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_") or "none"
 
 
 def write_evaluation(run_dir: Path, scored: list[dict], summary: dict, name: str = "eval") -> None:
@@ -112,5 +175,39 @@ def describe(summary: dict) -> str:
     assembly = summary.get("classes", {}).get("assembly", {})
     on_assembly = ("" if assembly.get("functional_rate") is None else
                    f" (assembly-class rows: {100 * assembly['functional_rate']:.1f}% of {assembly['functional_n']})")
-    return (f"Evaluation on {summary.get('rows')} rows: exact match {pct('exact_match_rate')}, "
-            f"assembles {pct('assembles_rate')}, functional {pct('functional_rate')}{on_assembly}")
+    sizes = summary.get("instructions", {})
+    by_size = "".join(f", {name}-instruction {_fraction(sizes[name])}" for name in ("one", "multi")
+                      if sizes.get(name, {}).get("functional_n"))
+    text = (f"Evaluation on {summary.get('rows')} rows: exact match {pct('exact_match_rate')}, "
+            f"assembles {pct('assembles_rate')}, functional {pct('functional_rate')}{on_assembly}{by_size}")
+    if summary.get("seconds_per_answer") is not None:
+        text += f"; {summary['seconds_per_answer']:.3f} s per answer"
+    if summary.get("verified"):
+        text += f"\n    verified decoding ({summary['verified'].get('samples')} samples): {describe(summary['verified'])}"
+    return text
+
+
+def _fraction(block: dict) -> str:
+    """`12/18 (66.7%)` functional, or n/a."""
+    n = block.get("functional_n")
+    return f"{block['functional']}/{n} ({100 * block['functional'] / n:.1f}%)" if n else "n/a"
+
+
+def compare_table(columns: list[tuple[str, dict]], title: str) -> str:
+    """Functional rates side by side (e.g. base | tuned | tuned verified): one- and
+    multi-instruction tasks, each category, everything, and seconds per answer."""
+    columns = [(name, block) for name, block in columns if block]
+    if not columns:
+        return ""
+    rows = [("one-instruction", lambda b: b.get("instructions", {}).get("one", {})),
+            ("multi-instruction", lambda b: b.get("instructions", {}).get("multi", {}))]
+    categories = sorted({c for _, b in columns for c in b.get("categories", {})})
+    rows += [(f"category {c}", lambda b, c=c: b.get("categories", {}).get(c, {})) for c in categories]
+    rows.append(("all", lambda b: b))
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{title}, functional: " + " | ".join(name for name, _ in columns)]
+    for label, pick in rows:
+        lines.append(f"  {label:<{width}}  " + " | ".join(_fraction(pick(b)) for _, b in columns))
+    seconds = [b.get("seconds_per_answer") for _, b in columns]
+    lines.append(f"  {'s per answer':<{width}}  " + " | ".join("n/a" if s is None else f"{s:.3f}" for s in seconds))
+    return "\n".join(lines)

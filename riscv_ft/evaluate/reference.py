@@ -41,8 +41,9 @@ _PSEUDO = re.compile(
     r"|[{};×÷≠≥≤]|^[A-Z][A-Za-z]*\(",
 )
 _MNEMONIC = re.compile(r"[a-z][a-z0-9]*(?:\.[a-z0-9]+)*")
-_LABELS = r"(?:[A-Za-z_.$][\w.$]*:\s*)*"
-_ASM_LINE = re.compile(_LABELS + r"[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)*(?:\s+[\w\s,()%+\-'.$]*)?")
+_LABEL = r"(?:[A-Za-z_.$][\w.$]*|\d+):\s*"  # `done:` or a numeric local label `1:`
+_ASM_LINE = re.compile(f"(?:{_LABEL})*" + r"[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)*(?:\s+[\w\s,()%+\-'.$]*)?")
+_LABEL_LINE = re.compile(f"(?:{_LABEL})+")  # a line with labels only: `done:`
 
 
 def classify(reference: str) -> str:
@@ -51,7 +52,7 @@ def classify(reference: str) -> str:
     lines = [ln.split("#", 1)[0].strip() or ln.strip() for ln in reference.splitlines() if ln.strip()]
     if not lines:
         return "other"
-    if lines[0].startswith("."):
+    if re.sub(f"^(?:{_LABEL})*", "", lines[0]).startswith("."):
         return "directive"
     joined = " ".join(lines)
     if _PSEUDO.search(joined):
@@ -63,7 +64,9 @@ def classify(reference: str) -> str:
         if token in REGISTERS or "/" in token:  # `x16`, `s0/fp`
             return "other"
         return "mnemonic" if _MNEMONIC.fullmatch(token) else "other"
-    if all(_ASM_LINE.fullmatch(ln) for ln in lines):
+    # labels may stand alone on a line (`done:`), but some line must be an instruction
+    if all(_ASM_LINE.fullmatch(ln) or _LABEL_LINE.fullmatch(ln) for ln in lines) and any(
+            _ASM_LINE.fullmatch(ln) for ln in lines):
         return "assembly"
     return "other"
 
@@ -93,6 +96,15 @@ def mnemonics(text: str) -> list[str]:
     return out
 
 
+def instruction_count(text: str) -> int:
+    """How many statements of `text` are instructions (labels and directives do not count).
+
+    A pseudo-instruction counts once (`li a0, 0x12345678` is one statement, two machine
+    instructions): this counts what a person wrote. More than one makes a prompt "multi".
+    """
+    return sum(1 for m in mnemonics(text) if not m.startswith("."))
+
+
 # --------------------------------------------------------------- placeholder binding
 
 # placeholder -> (kind, preferred concrete operand). Kinds "x"/"f" are registers; the rest fixed text.
@@ -113,7 +125,7 @@ _OPERAND_TOKEN = re.compile(r"(?<![\w.$])[A-Za-z_][A-Za-z0-9_]*'?")  # not insid
 
 
 def _split_mnemonic(stmt: str) -> tuple[str, str]:
-    m = re.match(r"(\s*(?:[A-Za-z_.$][\w.$]*:\s*)*)(\S*)(.*)", stmt, re.S)
+    m = re.match(f"(\\s*(?:{_LABEL})*)(\\S*)(.*)", stmt, re.S)
     return m.group(1) + m.group(2), m.group(3)
 
 

@@ -11,7 +11,9 @@ batch. So nothing reaches the assembler unless it passes an allow-list:
   expression) or one of a few harmless directives (`.option rvc|norvc`, small alignments,
   a handful of data values, `.insn`);
 * labels are renamed to names private to the snippet (named labels and numeric `1:`/`1b`/`1f`
-  alike), so snippets assembled together in one file cannot see each other's labels.
+  alike), and the harness's own names (the __rv prefix, its sections .text.rv<N>) are
+  refused, so snippets assembled together in one file cannot see each other's labels and a
+  snippet's verdict does not depend on its position in the batch.
 
 The output has one statement per line, so an assembler's error line number points back to a
 statement of the answer. Names carry the marker SNIPPET_MARKER, which the batch assembler
@@ -32,6 +34,10 @@ SNIPPET_MARKER = "__rvS_"  # replaced by "__rv<index>_" when snippets are batche
 # harness places right after the snippet (see assembler.py). Placeholder binding maps
 # `label`, `symbol`, branch `offset`s ... to it.
 TARGET_LABEL = "__rv_target"
+# The batch assembler puts snippet p in section SECTION_PREFIX + str(p). A section's name is a
+# symbol, so `beq a0, a1, .text.rv2` would reach the third snippet's section in a batch and be
+# undefined alone: names with this prefix are refused, like the __rv prefix.
+SECTION_PREFIX = ".text.rv"
 
 INT_ABI = ["zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1"] + [f"a{i}" for i in range(8)] + [
     f"s{i}" for i in range(2, 12)] + ["t3", "t4", "t5", "t6"]
@@ -159,6 +165,8 @@ def sanitize(text: str) -> Sanitized:
                 tok = SNIPPET_MARKER + "target"
             elif tok.startswith("__rv"):
                 raise Refused(f"symbol {tok!r} uses the reserved prefix __rv")
+            elif tok.startswith(SECTION_PREFIX):
+                raise Refused(f"symbol {tok!r} uses the reserved prefix {SECTION_PREFIX} (the harness's sections)")
             out.append(tok)
         return "".join(out)
 

@@ -20,6 +20,11 @@ Fields added to each row (see the README of this package, riscv_ft/evaluate/__in
                      "not equivalent: from initial state k, <first difference> [reference:
                      <disassembly>; prediction: <disassembly>]"
 
+A row may carry `scratch`: register names (ABI or x/f) whose final value does not count, so
+an answer may use another temporary than the reference; every other register and memory must
+still match. A run that never ends (hits the emulator's step limit) is never functional, even
+when the reference loops too.
+
 Placeholders (`rd`, `imm`, `label`...) are bound to the same concrete operands in reference and
 prediction first (reference.bind_placeholders). Nothing here raises for a bad answer: garbage,
 hostile directives, traps, faults and endless loops all end up in the row's fields.
@@ -33,8 +38,8 @@ import re
 from typing import Any, Iterable, Sequence
 
 from riscv_ft.evaluate.assembler import Assembler, find_assembler
-from riscv_ft.evaluate.emulator import Emulator, boundary_states, disassemble
-from riscv_ft.evaluate.reference import CLASSES, bind_placeholders, classify, mnemonics, normalize
+from riscv_ft.evaluate.emulator import NO_SCRATCH, Emulator, Scratch, boundary_states, disassemble
+from riscv_ft.evaluate.reference import CLASSES, bind_placeholders, classify, instruction_count, mnemonics, normalize
 from riscv_ft.evaluate.sanitize import REGISTERS
 
 METRICS = ("exact_match", "mnemonic_match", "assembles", "same_encoding", "functional")
@@ -59,6 +64,23 @@ def constants(text: str) -> list[int]:
     return [int(m.group(0), 0) for m in _CONSTANT.finditer(text)]
 
 
+def scratch_registers(names, row: int | str = "?") -> Scratch:
+    """A row's `scratch` (register names, ABI or x/f) as register numbers; ValueError naming the
+    row for anything else (a caller bug, like a missing reference)."""
+    if names is None:
+        return NO_SCRATCH
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"row {row}: field 'scratch' must be a list of register names, not {names!r}")
+    x, f = set(), set()
+    for name in names:
+        reg = REGISTERS.get(name.strip().lower()) if isinstance(name, str) else None
+        if reg is None:
+            raise ValueError(f"row {row}: scratch register {name!r} is not a register name "
+                             "(ABI names such as t0/ft0, or x0-x31/f0-f31)")
+        (x if reg[0] == "x" else f).add(reg[1])
+    return Scratch(frozenset(x), frozenset(f))
+
+
 def _default_emulator() -> Emulator:
     """One emulator per process: its machine and per-program cache are reused across calls."""
     global _emulator
@@ -74,16 +96,18 @@ def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
     A row whose reference or prediction is missing or not text raises ValueError (a caller
     bug, not a bad answer); every property of the answers themselves is a per-row result.
     """
+    scratch = []
     for i, row in enumerate(rows):
         for key in ("reference", "prediction"):
             if not isinstance(row.get(key), str):
                 raise ValueError(f"row {i}: field {key!r} is missing or not a string")
+        scratch.append(scratch_registers(row.get("scratch"), i))
     asm = find_assembler(assembler)
     emu = emulator or _default_emulator()
 
     out: list[dict] = []
-    jobs: list[tuple[dict, str, str]] = []  # (output row, bound reference, bound prediction)
-    for row in rows:
+    jobs: list[tuple[dict, str, str, Scratch]] = []  # (output row, bound reference, bound prediction, scratch)
+    for row, row_scratch in zip(rows, scratch):
         ref, pred = row["reference"], row["prediction"]
         cls = classify(ref)
         scored: dict[str, Any] = dict(row)
@@ -95,11 +119,11 @@ def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
             scored["mnemonic_match"] = bool(pred_m) and pred_m == ref_m
         if cls == "assembly":
             bound_ref, bound_pred, _ = bind_placeholders(ref, pred)
-            jobs.append((scored, bound_ref, bound_pred))
+            jobs.append((scored, bound_ref, bound_pred, row_scratch))
         out.append(scored)
 
-    results = asm.assemble_many([t for _, r, p in jobs for t in (r, p)])
-    for k, (scored, bound_ref, bound_pred) in enumerate(jobs):
+    results = asm.assemble_many([t for _, r, p, _ in jobs for t in (r, p)])
+    for k, (scored, bound_ref, bound_pred, row_scratch) in enumerate(jobs):
         ref_res, pred_res = results[2 * k], results[2 * k + 1]
         scored["assembles"] = pred_res.ok
         if not ref_res.ok:
@@ -112,17 +136,20 @@ def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
             continue
         same = ref_res.program.code == pred_res.program.code
         scored["same_encoding"] = same
-        if same:  # identical bytes at the same address cannot behave differently
-            scored["functional"] = True
-            continue
         try:
             # the reference's load/store bases point into memory in every state
             pointers = base_registers(bound_ref)
-            difference = emu.first_difference(pred_res.program, emu.run_all(ref_res.program, pointers), pointers)
-            literals = constants(bound_ref) + constants(bound_pred) if difference is None else []
+            if same:  # identical bytes at the same address cannot behave differently...
+                loops = emu.endless(ref_res.program, pointers)  # ...but an endless loop is never functional
+                difference = None if loops is None else (loops, "the reference does not end (no exit within "
+                                                                "the step limit)")
+            else:
+                difference = emu.first_difference(pred_res.program, emu.run_all(ref_res.program, pointers),
+                                                  pointers, row_scratch)
+            literals = constants(bound_ref) + constants(bound_pred) if difference is None and not same else []
             if literals:  # the random states agree: try the values next to each constant
                 edges = boundary_states(literals, like=emu.states_for(pointers)[-1], keep=pointers)
-                extra = emu.difference_from(ref_res.program, pred_res.program, edges)
+                extra = emu.difference_from(ref_res.program, pred_res.program, edges, row_scratch)
                 difference = extra and (len(emu.states) + extra[0], extra[1])
         except Exception as err:  # noqa: BLE001 - an emulator bug must not end a long evaluation
             scored["error"] = f"emulator error: {type(err).__name__}: {err}"
@@ -154,9 +181,19 @@ def summarize(scored_rows: Sequence[dict]) -> dict[str, Any]:
 
     `<metric>` is how many rows were true, `<metric>_n` how many rows it applies to (not
     null), `<metric>_rate` the ratio (null if it applies to none). exact_match applies to every
-    row; assembles/same_encoding/functional only to assembly references.
+    row; assembles/same_encoding/functional only to assembly references. `instructions` splits
+    the assembly-class rows into `one` and `multi` (reference.instruction_count), `categories`
+    (present when rows carry a `category`) has a block per category.
     """
     summary = _block(scored_rows)
     summary["classes"] = {cls: _block(r for r in scored_rows if r.get("reference_class") == cls)
                           for cls in CLASSES}
+    # assembly-class rows by the size of the task: one instruction or several (reference's count)
+    assembly = [r for r in scored_rows if r.get("reference_class") == "assembly"]
+    summary["instructions"] = {
+        "one": _block(r for r in assembly if instruction_count(r["reference"]) <= 1),
+        "multi": _block(r for r in assembly if instruction_count(r["reference"]) > 1)}
+    categories = sorted({str(r["category"]) for r in scored_rows if r.get("category") is not None})
+    if categories:  # rows tagged by kind of task (the user-style prompts)
+        summary["categories"] = {c: _block(r for r in scored_rows if str(r.get("category")) == c) for c in categories}
     return summary
