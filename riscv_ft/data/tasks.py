@@ -250,12 +250,12 @@ def _arith(d: _Draw) -> Task:
         return Task("arith", text, [f"li {t}, {k}", f"mul {dst}, {a}, {t}"],
                     lambda s: s.__setitem__(dst, s[a] * k), scratch=[t])
     if kind == 1:  # a + b - c
-        text = d.say(c=[f"{dst} = {a} + {b} - {c}"], imperative=[f"add {a} and {b}, subtract {c}, result in {dst}"],
-                     question=[f"How can I compute {a} + {b} - {c} into {dst}?"], terse=[f"{dst} := {a}+{b}-{c}"])
+        text = d.say(c=[f"{dst} = {b} - {c} + {a};"], imperative=[f"add {a} and {b}, subtract {c}, result in {dst}"],
+                     question=[f"How can I compute {a} + {b} - {c} into {dst}?"], terse=[f"{a}+{b}-{c} -> {dst}"])
         return Task("arith", text, [f"add {dst}, {a}, {b}", f"sub {dst}, {dst}, {c}"],
                     lambda s: s.__setitem__(dst, s[a] + s[b] - s[c]))
     if kind == 2:  # (a + b) * c
-        text = d.say(c=[f"{dst} = ({a} + {b}) * {c}"], imperative=[f"multiply the sum of {a} and {b} by {c}, into {dst}"],
+        text = d.say(c=[f"{dst} = {c} * ({a} + {b})"], imperative=[f"multiply {a} + {b} by {c}, result in {dst}"],
                      question=[f"What is the RISC-V for {dst} = ({a}+{b})*{c}?"], terse=[f"({a}+{b})*{c} -> {dst}"])
         return Task("arith", text, [f"add {dst}, {a}, {b}", f"mul {dst}, {dst}, {c}"],
                     lambda s: s.__setitem__(dst, (s[a] + s[b]) * s[c]))
@@ -418,7 +418,7 @@ def _extend(d: _Draw) -> Task:
             lines = [f"slli {dst}, {a}, {64 - bits}", f"srai {dst}, {dst}, {64 - bits}"]
         return Task("extend", text, lines, lambda s: s.__setitem__(dst, sext(s[a], bits)))
     uctype = {8: "unsigned char", 16: "unsigned short", 32: "unsigned int"}[bits]
-    text = d.say(imperative=[f"zero-extend the low {name} of {a} into {dst}", f"zero extend {a} from {bits} bits into {dst}"],
+    text = d.say(imperative=[f"zero-extend the {name} in {a} to 64 bits, giving {dst}", f"zero extend {a} from {bits} bits into {dst}"],
                  question=[f"How do I zero-extend the {bits}-bit value in {a} to 64 bits in {dst}?"],
                  c=[f"{dst} = ({uctype}){a};"], terse=[f"{dst} = zext{bits}({a})"])
     if bits == 8 and rng.random() < 0.5:
@@ -497,7 +497,7 @@ def _compare(d: _Draw) -> Task:
     if kind == 0:  # equal / not equal
         eq = rng.random() < 0.5
         text = d.say(c=[f"{dst} = ({a} {'==' if eq else '!='} {b});"],
-                     imperative=[f"set {dst} to 1 if {a} {'equals' if eq else 'differs from'} {b}, else 0"],
+                     imperative=[f"make {dst} 1 when {a} and {b} are {'the same' if eq else 'different'}, 0 if not"],
                      question=[f"How do I test whether {a} {'and' if eq else 'and'} {b} are {'equal' if eq else 'different'}, 0/1 in {dst}?"],
                      terse=[f"{dst} = {a} {'==' if eq else '!='} {b} ? 1 : 0"])
         return Task("compare", text, [f"xor {dst}, {a}, {b}", f"{'seqz' if eq else 'snez'} {dst}, {dst}"],
@@ -564,7 +564,7 @@ def _load_store(d: _Draw) -> Task:
         t = d.temp()
         where = f"{off}({p})"
         verb = "increment" if k > 0 else "decrement"
-        text = d.say(imperative=[f"{verb} the {name} at {where} by {abs(k)}", f"add {k} to the {name} in memory at {where}"],
+        text = d.say(imperative=[f"{verb} the {name} in memory at {where} by {abs(k)}", f"add {k} to the {name} in memory at {where}"],
                      question=[f"How do I add {k} to the {name} stored at {p}+{off}?"],
                      c=[f"*({'int' if sfx == 'w' else 'long'} *)({p} + {off}) += {k};"],
                      terse=[f"mem{size * 8}[{p}+{off}] += {k}"])
@@ -972,7 +972,7 @@ def _fp(d: _Draw) -> Task:
                     lambda s: put(s, dst, abs(rnd(get(s, x) - get(s, y)))), set(), [], prepare)
     a = d.reg()
     text = d.say(c=[f"{a} = ({x} < {y}) ? 0 : 1;  // {ctype}s"],
-                 imperative=[f"set {a} to 0 if the {ctype} {x} is less than {y}, else 1"],
+                 imperative=[f"{a} should be 0 when the {ctype} {x} < {y}, and 1 otherwise"],
                  question=[f"How do I get 1 in {a} when {x} >= {y} (not less), for {ctype}s?"])
     return Task("fp", text, [f"flt.{sfx} {a}, {x}, {y}", f"xori {a}, {a}, 1"],
                 lambda s: s.__setitem__(a, int(not get(s, x) < get(s, y))), set(), [], prepare)
