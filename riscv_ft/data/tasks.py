@@ -169,7 +169,9 @@ class _Draw:
         self.label_names: set[str] = set()
 
     def reg(self, pool: list[str] | None = None) -> str:
-        choices = [r for r in (pool or INT_REGS) if r not in self.used and not (r == "s0" and "fp" in self.used)]
+        choices = [r for r in (pool or INT_REGS) if r not in self.used]
+        if not choices:  # a combined task can use up the temporaries
+            choices = [r for r in (INT_REGS if pool in (None, TEMPS) else FP_REGS) if r not in self.used]
         name = self.rng.choice(choices)
         self.used.add(name)
         return name
@@ -200,14 +202,14 @@ class _Draw:
             text = text[0].upper() + text[1:] + ("." if self.rng.random() < 0.5 else "")
         return text
 
-    def labels(self, n: int, loop: bool = False) -> list[tuple[str, str, str]]:
+    def labels(self, n: int, loop: bool = False, named: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
         """n distinct labels as (definition, forward reference, backward reference); with
-        loop=True the first one names a loop head."""
+        loop=True the first one names a loop head; `named`: the names to use when not numeric."""
         if self.rng.random() < 0.4:
             return [(f"{k}:", f"{k}f", f"{k}b") for k in range(1, n + 1)]
         free = [name for name in ("done", "skip", "end", "next", "out", "over", "keep", "L1", "L2", ".Ldone", ".Lskip",
                                   "after", "finish", "cont") if name not in self.label_names]
-        names = self.rng.sample(free, n)
+        names = list(named) if named and not set(named) & self.label_names else self.rng.sample(free, n)
         if loop:
             names[0] = self.rng.choice([name for name in ("loop", "again", "top", ".Lloop", "repeat", "L0")
                                         if name not in self.label_names])
@@ -757,8 +759,68 @@ def _stack(d: _Draw) -> Task:
 
 def _loop(d: _Draw) -> Task:
     rng = d.rng
-    kind = rng.randrange(5)
+    kind = rng.randrange(8)
     n = rng.randint(2, 20)
+    if kind == 5:  # length of a NUL-terminated string
+        dst, p = d.regs(2)
+        t1, t2 = d.temp(), d.temp()
+        (lab, _, back), (lab2, fwd2, _) = d.labels(2, loop=True)
+        text = d.say(imperative=[f"count the bytes before the terminating zero of the string at {p}; length in {dst}"],
+                     question=[f"How do I compute strlen of the C string at {p} into {dst}?"],
+                     c=[f"{dst} = strlen((char *){p});"], terse=[f"{dst} = strlen({p})"])
+        lines = [f"mv {t1}, {p}"] + d.label_line(lab, f"lbu {t2}, 0({t1})") + \
+            [f"beqz {t2}, {fwd2}", f"addi {t1}, {t1}, 1", f"j {back}"] + d.label_line(lab2, f"sub {dst}, {t1}, {p}")
+
+        def prepare(r: random.Random, s: State) -> None:
+            length = r.randint(0, 30)
+            for k in range(length):
+                s.store(s[p] + k, 1, r.randint(1, 255))
+            s.store(s[p] + length, 1, 0)
+
+        def model(s: State) -> None:
+            length = 0
+            while s.load(s[p] + length, 1, signed=False):
+                length += 1
+            s[dst] = length
+        return Task("loop", text, lines, model, {p}, [t1, t2], prepare)
+    if kind == 6:  # fill n bytes / words with a value, with a loop
+        p, v = d.regs(2)
+        t1, t2 = d.temp(), d.temp()
+        sfx = rng.choice("bwd")
+        size, name = _SIZES[sfx]
+        (lab, _, back), = d.labels(1, loop=True)
+        text = d.say(imperative=[f"with a loop, store {v} into each of the {n} {name}s at {p}"],
+                     question=[f"How do I write a loop that fills {n} {name}s starting at {p} with {v}?"],
+                     c=[f"for (i = 0; i < {n}; i++) {p}[i] = {v};  // {name} elements"],
+                     terse=[f"loop: {n} x {name} @ {p} := {v}"])
+        lines = [f"mv {t1}, {p}", f"li {t2}, {n}"] + d.label_line(lab, f"s{sfx} {v}, 0({t1})") + \
+            [f"addi {t1}, {t1}, {size}", f"addi {t2}, {t2}, -1", f"bnez {t2}, {back}"]
+
+        def model(s: State) -> None:
+            for k in range(n):
+                s.store(s[p] + k * size, size, s[v])
+        return Task("loop", text, lines, model, {p}, [t1, t2])
+    if kind == 7:  # copy n words with a loop
+        dst, src = d.regs(2)
+        t1, t2, t3, t4 = d.temp(), d.temp(), d.temp(), d.temp()
+        sfx = rng.choice("wd")
+        size, name = _SIZES[sfx]
+        (lab, _, back), = d.labels(1, loop=True)
+        text = d.say(imperative=[f"copy {n} {name}s from {src} to {dst} in a loop (the buffers do not overlap)"],
+                     question=[f"How do I loop-copy {n} {name}s from the array at {src} to the one at {dst}?"],
+                     c=[f"for (i = 0; i < {n}; i++) {dst}[i] = {src}[i];  // {name}s, loop"],
+                     terse=[f"loop copy {n} {name}s {src} -> {dst}"])
+        lines = [f"mv {t1}, {src}", f"mv {t2}, {dst}", f"li {t3}, {n}"] + d.label_line(lab, f"l{sfx} {t4}, 0({t1})") + \
+            [f"s{sfx} {t4}, 0({t2})", f"addi {t1}, {t1}, {size}", f"addi {t2}, {t2}, {size}", f"addi {t3}, {t3}, -1",
+             f"bnez {t3}, {back}"]
+
+        def prepare(r: random.Random, s: State) -> None:
+            s[dst] = s[src] + r.choice([-1, 1]) * 8 * r.randint(n, 64)
+
+        def model(s: State) -> None:
+            for k in range(n):
+                s.store(s[dst] + k * size, size, s.load(s[src] + k * size, size))
+        return Task("loop", text, lines, model, {dst, src}, [t1, t2, t3, t4], prepare)
     if kind == 0:  # sum 1..n
         dst = d.reg()
         t = d.temp()
@@ -978,6 +1040,138 @@ def _fp(d: _Draw) -> Task:
                 lambda s: s.__setitem__(a, int(not get(s, x) < get(s, y))), set(), [], prepare)
 
 
+# ------------------------------------------------------------------ branches, moves, logic
+
+_CONDITIONS = {  # name: (branch taken when the condition is FALSE, symbol, model)
+    "eq": ("bne", "==", lambda x, y: x == y), "ne": ("beq", "!=", lambda x, y: x != y),
+    "lt": ("bge", "<", lambda x, y: s64(x) < s64(y)), "ge": ("blt", ">=", lambda x, y: s64(x) >= s64(y)),
+    "ltu": ("bgeu", "<", lambda x, y: x < y), "gt": ("ble", ">", lambda x, y: s64(x) > s64(y)),
+}
+
+
+def _branch(d: _Draw) -> Task:
+    rng = d.rng
+    kind = rng.randrange(4)
+    cond = rng.choice(sorted(_CONDITIONS))
+    skip_op, sym, holds = _CONDITIONS[cond]
+    note = " (unsigned)" if cond == "ltu" else ""
+    if kind == 0:  # if (a op b) dst += k
+        dst, a, b = d.regs(3)
+        k = _imm(rng, -50, 50)
+        (lab, fwd, _), = d.labels(1)
+        text = d.say(c=[f"if ({a} {sym} {b}) {dst} += {k};{'  // unsigned' if note else ''}"],
+                     imperative=[f"add {k} to {dst}, but only when {a} {sym} {b}{note}"],
+                     question=[f"How do I add {k} to {dst} only if {a} {sym} {b}{note}?"],
+                     terse=[f"{a} {sym} {b}{note} ? {dst} += {k}"])
+        lines = [f"{skip_op} {a}, {b}, {fwd}", f"addi {dst}, {dst}, {k}"] + d.label_line(lab)
+        return Task("branch", text, lines, lambda s: s.__setitem__(dst, s[dst] + k if holds(s[a], s[b]) else s[dst]))
+    if kind == 1:  # if (a op b) dst = x else dst = y, with an if/else
+        dst, a, b, x, y = d.regs(5)
+        (l1, f1, _), (l2, f2, _) = d.labels(2, named=rng.choice([("else", "endif"), (".Lelse", ".Lend"), ("L1", "L2")]))
+        text = d.say(c=[f"if ({a} {sym} {b}) {{ {dst} = {x}; }} else {{ {dst} = {y}; }}{'  // unsigned' if note else ''}",
+                        f"{dst} = {x} if {a} {sym} {b}{note} else {y}"],
+                     imperative=[f"when {a} {sym} {b}{note} copy {x} into {dst}, otherwise copy {y}"],
+                     question=[f"How do I write an if/else: {dst} gets {x} if {a} {sym} {b}{note}, else {y}?"],
+                     terse=[f"{dst} = ({a} {sym} {b}{note}) ? {x} : {y}, if/else"])
+        lines = [f"{skip_op} {a}, {b}, {f1}", f"mv {dst}, {x}", f"j {f2}"] + d.label_line(l1, f"mv {dst}, {y}") + \
+            d.label_line(l2)
+        return Task("branch", text, lines, lambda s: s.__setitem__(dst, s[x] if holds(s[a], s[b]) else s[y]))
+    if kind == 2:  # if a is zero/negative, set it to a constant
+        a = d.reg()
+        k = rng.randint(-100, 100)
+        test, skip, fn = rng.choice([("is zero", "bnez", lambda v: v == 0), ("is negative", "bgez", lambda v: s64(v) < 0),
+                                     ("is not zero", "beqz", lambda v: v != 0)])
+        (lab, fwd, _), = d.labels(1)
+        text = d.say(imperative=[f"if {a} {test}, replace it with {k}"], question=[f"How do I set {a} to {k} when it {test}?"],
+                     terse=[f"{a} {test} -> {a} = {k}"])
+        lines = [f"{skip} {a}, {fwd}", f"li {a}, {k}"] + d.label_line(lab)
+        return Task("branch", text, lines, lambda s: s.__setitem__(a, k if fn(s[a]) else s[a]))
+    # kind 3: conditional negate
+    dst, a, b = d.regs(3)
+    (lab, fwd, _), = d.labels(1)
+    text = d.say(c=[f"{dst} = ({b} < 0) ? -{a} : {a};"], imperative=[f"copy {a} to {dst}, negated when {b} is negative"],
+                 question=[f"How do I give {dst} the value of {a} with the sign flipped if {b} < 0?"],
+                 terse=[f"{dst} = {a}, negated if {b} < 0"])
+    lines = [f"mv {dst}, {a}", f"bgez {b}, {fwd}", f"neg {dst}, {a}"] + d.label_line(lab)
+    return Task("branch", text, lines, lambda s: s.__setitem__(dst, -s[a] if s64(s[b]) < 0 else s[a]))
+
+
+def _move(d: _Draw) -> Task:
+    rng = d.rng
+    kind = rng.randrange(3)
+    if kind == 0:  # swap with a temporary
+        a, b = d.regs(2)
+        t = d.temp()
+        text = d.say(imperative=[f"exchange the contents of {a} and {b}"], question=[f"How do I swap {a} and {b}?"],
+                     c=[f"tmp = {a}; {a} = {b}; {b} = tmp;"], terse=[f"swap {a} <-> {b}"])
+
+        def model(s: State) -> None:
+            s[a], s[b] = s[b], s[a]
+        return Task("move", text, [f"mv {t}, {a}", f"mv {a}, {b}", f"mv {b}, {t}"], model, scratch=[t])
+    if kind == 1:  # swap without a temporary
+        a, b = d.regs(2)
+        text = d.say(imperative=[f"swap {a} and {b} using XOR only, no third register"],
+                     question=[f"How can I swap {a} and {b} without a temporary register?"],
+                     terse=[f"xor-swap {a}, {b}"])
+
+        def model(s: State) -> None:
+            s[a], s[b] = s[b], s[a]
+        return Task("move", text, [f"xor {a}, {a}, {b}", f"xor {b}, {a}, {b}", f"xor {a}, {a}, {b}"], model)
+    # kind 2: rotate three registers
+    a, b, c = d.regs(3)
+    t = d.temp()
+    text = d.say(imperative=[f"rotate the values: {a} takes {b}'s value, {b} takes {c}'s, {c} takes the old {a}"],
+                 c=[f"tmp = {a}; {a} = {b}; {b} = {c}; {c} = tmp;"],
+                 question=[f"How do I cycle {a} <- {b} <- {c} <- {a} through a temporary?"])
+
+    def model(s: State) -> None:
+        s[a], s[b], s[c] = s[b], s[c], s[a]
+    return Task("move", text, [f"mv {t}, {a}", f"mv {a}, {b}", f"mv {b}, {c}", f"mv {c}, {t}"], model, scratch=[t])
+
+
+def _logic(d: _Draw) -> Task:
+    rng = d.rng
+    kind = rng.randrange(4)
+    dst, a, b = d.regs(3)
+    if kind == 0:  # nor / nand / xnor
+        op, name, fn = rng.choice([("or", "NOR", lambda x, y: ~(x | y)), ("and", "NAND", lambda x, y: ~(x & y)),
+                                   ("xor", "XNOR", lambda x, y: ~(x ^ y))])
+        sym = {"or": "|", "and": "&", "xor": "^"}[op]
+        text = d.say(imperative=[f"compute the {name} of {a} and {b} into {dst}"], c=[f"{dst} = ~({a} {sym} {b});"],
+                     question=[f"RV64 has no {name.lower()} instruction; how do I get {a} {name} {b} in {dst}?"],
+                     terse=[f"{dst} = {a} {name} {b}"])
+        return Task("logic", text, [f"{op} {dst}, {a}, {b}", f"not {dst}, {dst}"], lambda s: s.__setitem__(dst, fn(s[a], s[b])))
+    if kind == 1:  # a & ~b, a | ~b
+        t = d.temp()
+        op, name, fn = rng.choice([("and", "AND NOT", lambda x, y: x & ~y), ("or", "OR NOT", lambda x, y: x | ~y)])
+        sym = "&" if op == "and" else "|"
+        text = d.say(c=[f"{dst} = {a} {sym} ~{b};"], imperative=[f"compute {a} {name} {b} into {dst} (no Zbb)"],
+                     question=[f"How do I do {dst} = {a} {sym} ~{b} with base instructions?"], terse=[f"{dst} = {a} {name} {b}"])
+        return Task("logic", text, [f"not {t}, {b}", f"{op} {dst}, {a}, {t}"], lambda s: s.__setitem__(dst, fn(s[a], s[b])),
+                    scratch=[t])
+    if kind == 2:  # rotate by a constant
+        n = rng.randint(1, 63)
+        left = rng.random() < 0.5
+        t1, t2 = d.temp(), d.temp()
+        way = "left" if left else "right"
+        text = d.say(imperative=[f"rotate {a} {way} by {n} bits into {dst}"],
+                     question=[f"How do I rotate {a} {way} by {n} without the Zbb rol/ror instructions, result in {dst}?"],
+                     c=[f"{dst} = ({a} {'<<' if left else '>>'} {n}) | ({a} {'>>' if left else '<<'} {64 - n});"],
+                     terse=[f"{dst} = rot{'l' if left else 'r'}({a}, {n})"])
+        first, second = ("slli", "srli") if left else ("srli", "slli")
+        amount = n if left else 64 - n
+        return Task("logic", text, [f"{first} {t1}, {a}, {n}", f"{second} {t2}, {a}, {64 - n}", f"or {dst}, {t1}, {t2}"],
+                    lambda s: s.__setitem__(dst, ((s[a] << amount) | (s[a] >> (64 - amount))) & MASK), scratch=[t1, t2])
+    # kind 3: a bitwise select: dst = (a & m) | (b & ~m)
+    m = d.reg()
+    t = d.temp()
+    text = d.say(c=[f"{dst} = ({a} & {m}) | ({b} & ~{m});"],
+                 imperative=[f"merge {a} and {b} bit by bit: where {m} has a 1 take {a}'s bit, else {b}'s, into {dst}"],
+                 question=[f"How do I select bits from {a} where the mask {m} is set and from {b} elsewhere, into {dst}?"])
+    return Task("logic", text, [f"xor {t}, {a}, {b}", f"and {t}, {t}, {m}", f"xor {dst}, {b}, {t}"],
+                lambda s: s.__setitem__(dst, (s[a] & s[m]) | (s[b] & ~s[m] & MASK)), scratch=[t])
+
+
 def _combined(d: _Draw) -> Task:
     """Two tasks of different kinds in one request, done one after the other (4-12 instructions)."""
     rng = d.rng
@@ -985,8 +1179,8 @@ def _combined(d: _Draw) -> Task:
     kinds = rng.sample([name for name in CATEGORIES if name not in ("stack", "combined")], 2)
     first, second = (CATEGORIES[name](d) for name in kinds)
     a, b = first.description.rstrip("."), second.description.rstrip(".")
+    a = re.sub(r";?\s*//\s*(.*)$", r" (\1)", a).rstrip(";")  # a C comment would swallow the second part
     if d.only == "c":
-        a = re.sub(r";?\s*//\s*(.*)$", r" (\1)", a).rstrip(";")
         text = f"{a}; {b}"
     elif d.only == "terse":
         text = rng.choice([f"{a}; {b}", f"{a}, then {b}"])
@@ -1011,7 +1205,7 @@ def _combined(d: _Draw) -> Task:
 CATEGORIES: dict[str, Callable[[_Draw], Task]] = {
     "arith": _arith, "bitfield": _bitfield, "extend": _extend, "minmax": _minmax, "compare": _compare,
     "load_store": _load_store, "memory_copy": _memory_copy, "stack": _stack, "loop": _loop,
-    "constant": _constant, "fp": _fp, "combined": _combined,
+    "constant": _constant, "fp": _fp, "branch": _branch, "move": _move, "logic": _logic, "combined": _combined,
 }
 
 
