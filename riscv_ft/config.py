@@ -137,8 +137,9 @@ class DataConfig:
     mix_synthetic: int = 0
     mix_user_style: int = 0
     # Verified multi-instruction tasks (riscv_ft/data/tasks.py): expressions, bit fields,
-    # min/max/abs/clamp, compare-and-set, load-modify-store, copies, stack frames, loops, large
-    # constants, FP; 2-12 instructions each, rows spread evenly over the categories; 0 adds none.
+    # min/max/abs/clamp, compare-and-set, branches, moves, logic, load-modify-store, copies, stack
+    # frames, loops, large constants, FP, two of these combined; 1-12 instructions each (97% two
+    # or more), rows spread evenly over the categories; 0 adds none.
     mix_tasks: int = 0
     # Assembly-class training rows appear this many times per epoch (1: once, no weighting).
     oversample_assembly: int = 1

@@ -1,4 +1,4 @@
-"""Generated multi-instruction tasks (2-12 instructions), each checked by running it.
+"""Generated multi-instruction tasks (up to 12 instructions), each checked by running it.
 
     rows = task_rows(3000, seed=0)   # [{"description", "instructions", "category", "scratch"}, ...]
     python -m riscv_ft.data.tasks --rows 3000 --seed 0 --out tasks.jsonl
@@ -11,7 +11,8 @@ kind (the CATEGORIES table), each with
 * the request, phrased the ways people write: imperative ("Put the max of a1 and a2 in a0"),
   a question ("How do I ...?"), C-like ("a0 = max(a1, a2)") or a terse note, with varied
   registers, constants and labels (named `done:` and numeric `1:`/`1f` alike);
-* the answer, RV64GC only (no Zb*: no min/max/abs/zext.w instructions);
+* the answer, RV64GC only (no Zb*: no min/max/abs/zext.w instructions): 2-12 instructions,
+  except a few requests that one instruction answers (set bit 3: `ori`; sign-extend a word);
 * `scratch`: the temporaries the answer used, whose final values the request does not fix
   (the evaluation set's field of the same name);
 * a Python model of what the *request* says (min(a, b), the sum 1..n, the IEEE float sum...),
