@@ -136,6 +136,11 @@ class DataConfig:
     # verified plain user-style requests ("put a1 plus a2 in a0"); 0 adds none.
     mix_synthetic: int = 0
     mix_user_style: int = 0
+    # Verified multi-instruction tasks (riscv_ft/data/tasks.py): expressions, bit fields,
+    # min/max/abs/clamp, compare-and-set, branches, moves, logic, load-modify-store, copies, stack
+    # frames, loops, large constants, FP, two of these combined; 1-12 instructions each (97% two
+    # or more), rows spread evenly over the categories; 0 adds none.
+    mix_tasks: int = 0
     # Assembly-class training rows appear this many times per epoch (1: once, no weighting).
     oversample_assembly: int = 1
 
@@ -285,6 +290,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("data.min_width", lambda v: 0 <= v <= 65536, "an integer from 0 to 65536 (0: none)"),
     ("data.mix_synthetic", lambda v: v >= 0, "an integer >= 0"),
     ("data.mix_user_style", lambda v: v >= 0, "an integer >= 0"),
+    ("data.mix_tasks", lambda v: v >= 0, "an integer >= 0"),
     ("data.oversample_assembly", lambda v: 1 <= v <= 100, "an integer from 1 to 100"),
     ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.iters", lambda v: v >= 1, "an integer >= 1"),

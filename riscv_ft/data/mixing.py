@@ -1,18 +1,22 @@
 """Extra training rows mixed into the real data's training split (never into valid/test):
 
 * `synthetic`: assembler-verified pairs from riscv_ft.data.synthetic (concrete operands);
+* `tasks`: verified multi-instruction tasks from riscv_ft.data.tasks (min with a branch, a
+  bit-field insert, a stack frame, a counted loop, FP loads and stores...);
 * `user_style`: plain requests the way users type them ("put a1 plus a2 in a0", "load the
   word at 8(sp) into t0"), generated here from phrasings of their own with concrete registers
   and immediates, each checked by assembling and running it against itself;
 * oversampling: assembly-class rows of the real data repeated, so the few runnable targets
   weigh more against pseudo-code and bare mnemonics.
 
-The user-style evaluation set (data/user_prompts.jsonl) is written by hand; `user_style_rows`
-drops any generated description that, with registers and numbers masked, matches one of it.
+The user-style evaluation set (data/user_prompts.jsonl) is written by hand, and nothing here
+reads it: a test (tests/test_user_prompts.py) checks with `near_copies` that no evaluation
+description is a near copy of a description that any generator here writes.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import random
@@ -35,9 +39,9 @@ _OPS: list[tuple[str, list[str]]] = [
     ("divu {d}, {a}, {b}", ["unsigned divide {a} by {b} into {d}", "{d} = {a} / {b}, unsigned"]),
     ("rem {d}, {a}, {b}", ["{d} = {a} mod {b} (signed)", "signed remainder of {a} by {b} into {d}"]),
     ("remu {d}, {a}, {b}", ["{d} = {a} mod {b}, unsigned", "unsigned remainder of {a} divided by {b} in {d}"]),
-    ("and {d}, {a}, {b}", ["{d} = {a} & {b}", "AND {a} with {b} and put it in {d}", "mask {a} with {b}, result in {d}"]),
+    ("and {d}, {a}, {b}", ["{d} = {a} & {b}", "AND {a} with {b} and put it in {d}", "mask {a} by {b}; {d} holds the outcome"]),
     ("or {d}, {a}, {b}", ["{d} = {a} | {b}", "OR together {a} and {b} into {d}", "combine the bits of {a} and {b} into {d}"]),
-    ("xor {d}, {a}, {b}", ["{d} = {a} ^ {b}", "exclusive-or {a} and {b} into {d}", "xor {a} and {b}, keep it in {d}"]),
+    ("xor {d}, {a}, {b}", ["{d} = {a} ^ {b}", "exclusive-or {a} and {b} into {d}", "xor {a} and {b}; {d} gets the outcome"]),
     ("sll {d}, {a}, {b}", ["shift {a} left by {b} bits into {d}", "{d} = {a} << {b}"]),
     ("srl {d}, {a}, {b}", ["logical right shift of {a} by {b} into {d}", "{d} = {a} >> {b} (logical)"]),
     ("sra {d}, {a}, {b}", ["arithmetic right shift of {a} by {b} into {d}", "{d} = {a} >> {b}, keeping the sign"]),
@@ -54,12 +58,12 @@ _OPS: list[tuple[str, list[str]]] = [
     ("slli {d}, {a}, {s}", ["shift {a} left by {s} into {d}", "{d} = {a} << {s}", "multiply {a} by 2^{s} with a shift into {d}"]),
     ("srli {d}, {a}, {s}", ["shift {a} right by {s} (zero fill) into {d}", "{d} = {a} >> {s}, logical"]),
     ("srai {d}, {a}, {s}", ["shift {a} right by {s} keeping the sign, into {d}", "{d} = {a} >> {s}, arithmetic"]),
-    ("li {d}, {i}", ["set {d} to {i}", "{d} = {i}", "put the number {i} in {d}", "load the immediate {i} into {d}"]),
+    ("li {d}, {i}", ["set {d} to {i}", "{d} = {i}", "put the number {i} in {d}", "{d} gets the immediate {i}"]),
     ("mv {d}, {a}", ["copy {a} to {d}", "{d} = {a}", "move the value of {a} into {d}"]),
     ("neg {d}, {a}", ["{d} = -{a}", "put minus {a} in {d}"]),
     ("not {d}, {a}", ["{d} = ~{a}", "invert every bit of {a} into {d}"]),
-    ("seqz {d}, {a}", ["{d} = 1 if {a} == 0", "set {d} when {a} is zero"]),
-    ("snez {d}, {a}", ["{d} = 1 if {a} != 0", "set {d} when {a} is nonzero"]),
+    ("seqz {d}, {a}", ["{d} = 1 if {a} == 0", "{d} becomes 1 exactly when {a} is zero"]),
+    ("snez {d}, {a}", ["{d} = 1 if {a} != 0", "{d} becomes 1 exactly when {a} is nonzero"]),
     ("lw {d}, {o}({m})", ["read the 32-bit word at {o}({m}) into {d}", "{d} = word at address {m}+{o}",
                           "fetch the word {o} bytes past {m} into {d}"]),
     ("ld {d}, {o}({m})", ["read the doubleword at {o}({m}) into {d}", "{d} = 64-bit value at {m}+{o}"]),
@@ -69,8 +73,8 @@ _OPS: list[tuple[str, list[str]]] = [
     ("sw {a}, {o}({m})", ["write {a} as a word to {o}({m})", "save the low 32 bits of {a} at {m}+{o}",
                           "put the word in {a} into memory at {o}({m})"]),
     ("sd {a}, {o}({m})", ["write the doubleword {a} to {o}({m})", "save {a} (64-bit) at {m}+{o}"]),
-    ("sb {a}, {o}({m})", ["write the low byte of {a} to {o}({m})", "save one byte of {a} at {m}+{o}"]),
-    ("sh {a}, {o}({m})", ["write the low halfword of {a} to {o}({m})"]),
+    ("sb {a}, {o}({m})", ["put the lowest 8 bits of {a} into memory at {o}({m})", "save one byte of {a} at {m}+{o}"]),
+    ("sh {a}, {o}({m})", ["put the low 16 bits of {a} into memory at {o}({m})"]),
 ]
 _JOINERS = ["{0}, then {1}", "First {0}. Then {1}.", "{0}; after that {1}", "{0} and then {1}"]
 
@@ -79,6 +83,38 @@ def _mask(text: str) -> str:
     """A description with registers and numbers masked: what two phrasings share."""
     text = re.sub(r"\b(?:[astx]\d+|zero|ra|sp|gp|tp|fp|f[at]?s?\d+)\b", "R", text.lower())
     return re.sub(r"-?\b(?:0x[0-9a-f]+|\d+)\b", "N", text).strip(" .?!")
+
+
+def masked_tokens(text: str) -> tuple[str, ...]:
+    """Words and operators of a description, lower case, registers as R and numbers as N,
+    sentence punctuation dropped: a template filled twice gives the same tokens."""
+    return tuple(t for t in re.findall(r"[a-z_.]+|[^\sa-z_.]", _mask(text).replace("R", " r ").replace("N", " n "))
+                 if t not in ".,;!?")
+
+
+def near_copies(held_out: list[str], generated: list[str], threshold: float = 0.8) -> list[tuple[float, str, str]]:
+    """(ratio, held-out text, generated text) for each held-out description whose masked tokens
+    match some generated description's with difflib ratio >= threshold (1.0: the same template)."""
+    pool = {}
+    for text in generated:
+        pool.setdefault(masked_tokens(text), text)
+    found = []
+    for text in held_out:
+        tokens = masked_tokens(text)
+        matcher = difflib.SequenceMatcher(autojunk=False)
+        matcher.set_seq2(tokens)
+        best, best_ratio = None, 0.0
+        for candidate in pool:
+            matcher.set_seq1(candidate)
+            bar = max(best_ratio, threshold)  # the cheap upper bounds skip most candidates
+            if matcher.real_quick_ratio() < bar or matcher.quick_ratio() < bar:
+                continue
+            ratio = matcher.ratio()
+            if ratio >= bar:
+                best, best_ratio = candidate, ratio
+        if best is not None:
+            found.append((round(best_ratio, 3), text, pool[best]))
+    return found
 
 
 def _one(rng: random.Random) -> tuple[str, str]:
@@ -95,10 +131,8 @@ def _one(rng: random.Random) -> tuple[str, str]:
 
 def user_style_rows(num_rows: int, seed: int, assembler: str = "auto") -> list[dict]:
     """`num_rows` verified user-style pairs of one or two instructions, deterministic for `seed`."""
-    from riscv_ft.evaluate.model_eval import load_user_prompts
     from riscv_ft.evaluate.scorer import score_rows
 
-    held_out = {_mask(r["description"]) for r in load_user_prompts()}
     rng = random.Random(seed)
     rows, seen = [], set()
     while len(rows) < num_rows:
@@ -108,7 +142,7 @@ def user_style_rows(num_rows: int, seed: int, assembler: str = "auto") -> list[d
             text, asm = rng.choice(_JOINERS).format(text, text2[0].lower() + text2[1:]), asm + "\n" + asm2
         if rng.random() < 0.5 and _mask(text.split()[0]) != "r":  # never "T2 = ..."
             text = text[0].upper() + text[1:]
-        if _mask(text) in held_out or text in seen:
+        if text in seen:
             continue
         seen.add(text)
         rows.append({"description": text, "instructions": asm})
@@ -136,6 +170,13 @@ def mix_training_rows(train: list[dict], data_cfg, seed: int) -> tuple[list[dict
         extra = synthetic_rows(int(data_cfg.mix_synthetic), seed=seed + 1, max_instructions=data_cfg.synthetic_max_instructions)
         rows += extra
         added["synthetic"] = len(extra)
+    if data_cfg.get("mix_tasks", 0):
+        from riscv_ft.data.tasks import task_rows
+
+        extra = [{"description": r["description"], "instructions": r["instructions"]}
+                 for r in task_rows(int(data_cfg.mix_tasks), seed=seed + 3)]
+        rows += extra
+        added["tasks"] = len(extra)
     if data_cfg.get("mix_user_style", 0):
         extra = user_style_rows(int(data_cfg.mix_user_style), seed=seed + 2)
         rows += extra

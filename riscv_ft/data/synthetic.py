@@ -184,9 +184,9 @@ PHRASES: dict[str, list[str]] = {
     "add": ["add {rs1} and {rs2} into {rd}", "set {rd} to {rs1} + {rs2}", "store the sum of {rs1} and {rs2} in {rd}",
             "{rd} = {rs1} + {rs2}"],
     "sub": ["subtract {rs2} from {rs1} into {rd}", "set {rd} to {rs1} - {rs2}", "{rd} = {rs1} - {rs2}"],
-    "and": ["bitwise AND {rs1} and {rs2} into {rd}", "set {rd} to {rs1} & {rs2}", "{rd} = {rs1} AND {rs2}"],
-    "or": ["bitwise OR {rs1} and {rs2} into {rd}", "set {rd} to {rs1} | {rs2}", "{rd} = {rs1} OR {rs2}"],
-    "xor": ["bitwise XOR {rs1} and {rs2} into {rd}", "set {rd} to {rs1} ^ {rs2}", "{rd} = {rs1} XOR {rs2}"],
+    "and": ["AND together {rs1} and {rs2}, giving {rd}", "set {rd} to {rs1} & {rs2}", "{rd} = {rs1} AND {rs2}"],
+    "or": ["OR together {rs1} and {rs2}, giving {rd}", "set {rd} to {rs1} | {rs2}", "{rd} = {rs1} OR {rs2}"],
+    "xor": ["XOR together {rs1} and {rs2}, giving {rd}", "set {rd} to {rs1} ^ {rs2}", "{rd} = {rs1} XOR {rs2}"],
     "sll": ["shift {rs1} left by {rs2} into {rd}", "set {rd} to {rs1} << {rs2}"],
     "srl": ["shift {rs1} right logically by {rs2} into {rd}", "logical right shift {rs1} by {rs2} into {rd}"],
     "sra": ["shift {rs1} right arithmetically by {rs2} into {rd}", "arithmetic right shift {rs1} by {rs2} into {rd}"],
@@ -194,7 +194,7 @@ PHRASES: dict[str, list[str]] = {
     "sltu": ["set {rd} to 1 if {rs1} < {rs2} unsigned, else 0", "compare {rs1} < {rs2} (unsigned) into {rd}"],
     "sgt": ["set {rd} to 1 if {rs1} > {rs2} signed, else 0", "compare {rs1} > {rs2} (signed) into {rd}"],
     "sgtu": ["set {rd} to 1 if {rs1} > {rs2} unsigned, else 0", "compare {rs1} > {rs2} (unsigned) into {rd}"],
-    "addw": ["add {rs1} and {rs2} as 32-bit words into {rd}", "32-bit add {rs1} and {rs2} into {rd}"],
+    "addw": ["word-add {rs1} and {rs2} into {rd}", "32-bit add {rs1} and {rs2} into {rd}"],
     "subw": ["subtract {rs2} from {rs1} as 32-bit words into {rd}", "32-bit subtract {rs2} from {rs1} into {rd}"],
     "sllw": ["32-bit shift {rs1} left by {rs2} into {rd}", "shift word {rs1} left by {rs2} into {rd}"],
     "srlw": ["32-bit logical right shift {rs1} by {rs2} into {rd}",
@@ -214,7 +214,7 @@ PHRASES: dict[str, list[str]] = {
     "divuw": ["32-bit unsigned divide {rs1} by {rs2} into {rd}"],
     "remw": ["store the 32-bit signed remainder of {rs1} / {rs2} in {rd}"],
     "remuw": ["store the 32-bit unsigned remainder of {rs1} / {rs2} in {rd}"],
-    "addi": ["add {imm} to {rs1} into {rd}", "set {rd} to {rs1} + {imm}", "{rd} = {rs1} + {imm}"],
+    "addi": ["add {imm} to {rs1}, giving {rd}", "set {rd} to {rs1} + {imm}", "{rd} = {rs1} + {imm}"],
     "andi": ["AND {rs1} with {imm} into {rd}", "set {rd} to {rs1} & {imm}"],
     "ori": ["OR {rs1} with {imm} into {rd}", "set {rd} to {rs1} | {imm}"],
     "xori": ["XOR {rs1} with {imm} into {rd}", "set {rd} to {rs1} ^ {imm}"],
@@ -228,9 +228,9 @@ PHRASES: dict[str, list[str]] = {
     "srliw": ["32-bit logical right shift {rs1} by {imm} into {rd}"],
     "sraiw": ["32-bit arithmetic right shift {rs1} by {imm} into {rd}"],
     "lui": ["load upper immediate {imm} into {rd}", "set {rd} to {imm} << 12"],
-    "li": ["load {imm} into {rd}", "set {rd} to {imm}", "{rd} = {imm}", "put the constant {imm} in {rd}"],
+    "li": ["materialize {imm} in {rd}", "set {rd} to {imm}", "{rd} = {imm}", "put the constant {imm} in {rd}"],
     "mv": ["copy {rs1} to {rd}", "move {rs1} into {rd}", "{rd} = {rs1}"],
-    "neg": ["negate {rs1} into {rd}", "set {rd} to -{rs1}"],
+    "neg": ["negate {rs1}, giving {rd}", "set {rd} to -{rs1}"],
     "negw": ["negate word {rs1} into {rd}", "32-bit negate {rs1} into {rd}"],
     "not": ["invert the bits of {rs1} into {rd}", "set {rd} to NOT {rs1}", "{rd} = ~{rs1}"],
     "seqz": ["set {rd} to 1 if {rs1} is zero, else 0", "test {rs1} == 0 into {rd}"],
@@ -238,17 +238,17 @@ PHRASES: dict[str, list[str]] = {
     "sltz": ["set {rd} to 1 if {rs1} is negative, else 0", "test {rs1} < 0 into {rd}"],
     "sgtz": ["set {rd} to 1 if {rs1} is positive, else 0", "test {rs1} > 0 into {rd}"],
     "sext.w": ["sign-extend the low word of {rs1} into {rd}", "sign-extend {rs1} from 32 bits into {rd}"],
-    "zext.b": ["zero-extend the low byte of {rs1} into {rd}", "set {rd} to {rs1} & 0xff"],
+    "zext.b": ["zero-extend the byte in {rs1} to 64 bits in {rd}", "set {rd} to {rs1} & 0xff"],
     "nop": ["do nothing"],
 }
 for _name, (_size, _signed) in _LOADS.items():
     _kind = "sign-extended" if _signed else "zero-extended"
     PHRASES[_name] = [f"load the {_SIZE[_size]} at {{off}}({{rs1}}) into {{rd}}, {_kind}" if _size < 8 else
-                      f"load the {_SIZE[_size]} at {{off}}({{rs1}}) into {{rd}}",
+                      f"fetch the 64-bit {_SIZE[_size]} from {{off}}({{rs1}}) into {{rd}}",
                       f"load a {_SIZE[_size]} from {{rs1}} + {{off}} into {{rd}}" + (f", {_kind}" if _size < 8 else "")]
 for _name, _size in _STORES.items():
     _what = "" if _size == 8 else f"low {_SIZE[_size]} of "
-    PHRASES[_name] = [f"store the {_what}{{rs2}} at {{off}}({{rs1}})",
+    PHRASES[_name] = [f"save the {_what}{{rs2}} to memory, {{off}} bytes past {{rs1}}",
                       f"store {_SIZE[_size]} {{rs2}} to address {{rs1}} + {{off}}"]
 
 SENTENCES: dict[str, list[str]] = {

@@ -1,0 +1,120 @@
+"""Generated multi-instruction tasks (riscv_ft.data.tasks): every category verifies in the real
+assembler and emulator against its Python model, verification catches a wrong answer, a wrong
+model and an undeclared temporary, output is deterministic, and the phrasing varies."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from omegaconf import OmegaConf
+
+from riscv_ft.data.tasks import CATEGORIES, TaskError, draw_tasks, task_rows, verify_tasks
+from riscv_ft.evaluate.assembler import available_assemblers
+
+needs_assembler = pytest.mark.skipif(not available_assemblers(), reason="no RISC-V assembler installed")
+
+# Zb* and other non-RV64GC mnemonics that models tend to invent
+NOT_RV64GC = {"max", "maxu", "min", "minu", "abs", "zext.w", "zext.h", "sext.b", "sext.h", "cpop", "bset", "bclr",
+              "binv", "bext", "andn", "orn", "rol", "ror", "divi", "muli", "subi"}
+
+
+def _mnemonics(instructions: str) -> set[str]:
+    out = set()
+    for line in instructions.split("\n"):
+        line = re.sub(r"^\s*[\w.]+:\s*", "", line)  # a label in front of an instruction
+        if line:
+            out.add(line.split()[0])
+    return out
+
+
+@needs_assembler
+@pytest.mark.parametrize("category", sorted(CATEGORIES))
+def test_each_category_yields_rows_that_verify(category):
+    tasks = draw_tasks(80, seed=11, categories=[category])
+    verify_tasks(tasks, states_per_task=4, seed=3)  # raises TaskError on any wrong task
+    assert {t.category for t in tasks} == {category}
+    lengths = [len(t.lines) for t in tasks]
+    assert max(lengths) <= 12 and sum(n >= 2 for n in lengths) >= 40
+    used = set().union(*(_mnemonics(t.instructions) for t in tasks))
+    assert not used & NOT_RV64GC, used & NOT_RV64GC
+    if category == "fp":  # named with their f forms, single and double
+        assert {"flw", "fsw", "fld", "fsd", "fadd.s", "fadd.d", "fcvt.w.s", "fcvt.d.s"} <= used, used
+
+
+@needs_assembler
+def test_verification_catches_wrong_answers_models_and_undeclared_temporaries():
+    tasks = draw_tasks(60, seed=5, categories=["minmax", "loop", "load_store"])
+    verify_tasks(tasks)
+    branchy = next(t for t in tasks if any(line.split()[0] in ("bge", "ble") for line in t.lines if line.split()))
+    flipped = [line.replace("bge ", "blt ").replace("ble ", "bgt ") for line in branchy.lines]
+    with pytest.raises(TaskError, match="request implies"):
+        verify_tasks([dataclasses.replace(branchy, lines=flipped)])
+    with pytest.raises(TaskError, match="request implies|memory differs"):
+        verify_tasks([dataclasses.replace(t, model=lambda s: None) for t in tasks[:5]])
+    with_temp = next(t for t in tasks if t.scratch and t.category == "load_store")
+    with pytest.raises(TaskError, match="request implies"):  # a clobbered register not declared scratch
+        verify_tasks([dataclasses.replace(with_temp, scratch=[])])
+    with pytest.raises(TaskError, match="does not assemble"):
+        verify_tasks([dataclasses.replace(with_temp, lines=with_temp.lines + ["max a0, a1, a2"])])
+
+
+def test_deterministic_for_a_seed():
+    rows = task_rows(400, seed=1, verify=False)
+    assert rows == task_rows(400, seed=1, verify=False)
+    assert rows != task_rows(400, seed=2, verify=False)
+    assert task_rows(50, seed=1, verify=False) == rows[:50]
+    assert all(set(r) == {"description", "instructions", "category", "scratch"} for r in rows)
+    assert Counter(r["category"] for r in rows[:len(CATEGORIES)]) == Counter(list(CATEGORIES))
+    with pytest.raises(ValueError, match="unknown task categories"):
+        task_rows(5, seed=0, categories=["poetry"])
+
+
+def test_phrasing_and_registers_vary():
+    tasks = draw_tasks(2200, seed=0)
+    rows = [t.row() for t in tasks]
+    texts = [r["description"] for r in rows]
+    assert len(set(texts)) == len(texts)
+    assert max(len(t.split()) for t in texts) <= 40
+    styles = Counter(t.style for t in tasks)
+    assert set(styles) == {"imperative", "question", "c", "terse"} and min(styles.values()) > 200, styles
+    assert all("?" in t.description for t in tasks if t.style == "question")
+    assert all(t.description[0].isupper() for t in tasks if t.style == "imperative" and t.category != "combined")
+    assert sum(bool(re.match(r"^\w+ = ", t.description)) for t in tasks if t.style == "c") > 200
+    registers = Counter(re.findall(r"\b(?:a[0-7]|t[0-6]|s\d+|f[ast]\d+)\b", " ".join(texts)))
+    assert len(registers) >= 40 and registers.most_common(1)[0][1] < 0.1 * sum(registers.values())
+    code = "\n".join(r["instructions"] for r in rows)
+    assert re.search(r"^\d:", code, re.M) and re.search(r"\b\db\b", code) and re.search(r"\b\df\b", code)
+    assert re.search(r"^(done|skip|end|next|out|over|keep|finish|cont|after):$", code, re.M)  # named, alone on a line
+    lengths = Counter(r["instructions"].count("\n") + 1 for r in rows)
+    assert set(range(2, 13)) - {11} <= set(lengths), lengths
+
+
+@needs_assembler
+def test_mix_tasks_adds_verified_rows_to_the_training_split_only(snapshot_path):
+    from riscv_ft.data.pipeline import prepare_rows
+
+    base = {"source": "file", "path": str(snapshot_path), "valid_fraction": 0.1, "test_fraction": 0.1,
+            "synthetic_max_instructions": 3}
+    plain, _ = prepare_rows(OmegaConf.create(base), seed=0)
+    mixed, report = prepare_rows(OmegaConf.create({**base, "mix_tasks": 44}), seed=0)
+    assert report.mixed == {"tasks": 44}
+    assert mixed["valid"] == plain["valid"] and mixed["test"] == plain["test"]
+    assert len(mixed["train"]) == len(plain["train"]) + 44
+    added = [r for r in mixed["train"] if r not in plain["train"]]
+    assert sum("\n" in r["instructions"] for r in added) >= 30
+
+
+@needs_assembler
+def test_command_line_writes_verified_rows(tmp_path):
+    out = tmp_path / "tasks.jsonl"
+    done = subprocess.run([sys.executable, "-m", "riscv_ft.data.tasks", "--rows", "30", "--seed", "4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == task_rows(30, seed=4, verify=False)
