@@ -123,3 +123,15 @@ def test_evaluation_reports_verified_decoding_per_category_and_size_with_its_cos
     assert table.splitlines()[0] == "User, functional: base | tuned | tuned verified"
     assert any(line.split()[:2] == ["category", "min/max"] for line in table.splitlines())
     assert "verified decoding (2 samples)" in describe(summary)
+
+
+def test_eval_decode_and_samples_are_config_keys():
+    from riscv_ft.cli import compose
+    from riscv_ft.config import ConfigError
+
+    cfg = compose(["experiment=smoke", "eval.decode=verify", "eval.samples=4"])
+    assert (cfg.eval.decode, cfg.eval.samples) == ("verify", 4)
+    assert compose(["experiment=smoke"]).eval.decode == "greedy"
+    for override, message in (("eval.decode=beam", "eval.decode"), ("eval.samples=0", "eval.samples")):
+        with pytest.raises(ConfigError, match=message):
+            compose(["experiment=smoke", override])
