@@ -135,3 +135,12 @@ def test_eval_decode_and_samples_are_config_keys():
     for override, message in (("eval.decode=beam", "eval.decode"), ("eval.samples=0", "eval.samples")):
         with pytest.raises(ConfigError, match=message):
             compose(["experiment=smoke", override])
+
+
+def test_scratch_registers_do_not_split_a_group():
+    via_t0, via_t1 = "slli t0, a1, 2\nadd a0, t0, a2", "slli t1, a1, 2\nadd a0, t1, a2"
+    candidates = [via_t0, via_t1, via_t1, "add a0, a1, a2"]
+    # every register counts: t1's group (2) is as large as greedy's add (1 + greedy): greedy wins
+    assert pick_by_behaviour(candidates, greedy="add a0, a2, a1") == "add a0, a2, a1"
+    # t0 and t1 are scratch: the three shift-and-add answers are one group
+    assert pick_many([candidates], ["add a0, a2, a1"], scratch=[["t0", "t1"]]) == [via_t1]

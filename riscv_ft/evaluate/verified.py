@@ -11,7 +11,9 @@ temperature > 0). Then, without any reference:
    answer itself. From the winning group the greedy answer is returned if it is a member,
    else the group's most frequent spelling.
 
-When nothing assembles the greedy answer stands. `pick_by_behaviour` is the selection alone
+When nothing assembles the greedy answer stands. Registers a description declares `scratch`
+(an evaluation row's field, see scorer.py) are left out of the comparison, as the scorer does;
+riscv-ft-generate and the Assistant know of none and compare every register. `pick_by_behaviour` is the selection alone
 (no model, testable with constructed candidates); `verified_answers` samples with a model.
 Not thread-safe (the scorer's emulator is shared per process).
 """
@@ -22,9 +24,9 @@ from collections import Counter
 from typing import Sequence
 
 from riscv_ft.evaluate.assembler import Assembler, find_assembler
-from riscv_ft.evaluate.emulator import STEP_LIMIT, Emulator
+from riscv_ft.evaluate.emulator import NO_SCRATCH, STEP_LIMIT, Emulator, Scratch, ignoring_scratch
 from riscv_ft.evaluate.reference import bind_placeholders
-from riscv_ft.evaluate.scorer import _default_emulator, base_registers
+from riscv_ft.evaluate.scorer import _default_emulator, base_registers, scratch_registers
 
 DECODES = ("greedy", "verify")
 SAMPLES = 8  # sampled answers per description, besides the greedy one
@@ -38,10 +40,13 @@ def pick_by_behaviour(candidates: Sequence[str], greedy: str, assembler: str | A
 
 
 def pick_many(candidate_lists: Sequence[Sequence[str]], greedies: Sequence[str],
-              assembler: str | Assembler = "auto", emulator: Emulator | None = None) -> list[str]:
-    """pick_by_behaviour for many descriptions, with one batched assembler call for all."""
+              assembler: str | Assembler = "auto", emulator: Emulator | None = None,
+              scratch: Sequence[Sequence[str] | None] | None = None) -> list[str]:
+    """pick_by_behaviour for many descriptions, with one batched assembler call for all;
+    `scratch`: per description, register names whose final value does not count (or None)."""
     if len(candidate_lists) != len(greedies):
         raise ValueError(f"{len(candidate_lists)} candidate lists for {len(greedies)} greedy answers")
+    scratch = [scratch_registers(names, k) for k, names in enumerate(scratch or [None] * len(greedies))]
     asm = find_assembler(assembler)
     emu = emulator or _default_emulator()
     pools = [[greedy, *candidates] for candidates, greedy in zip(candidate_lists, greedies)]
@@ -50,13 +55,13 @@ def pick_many(candidate_lists: Sequence[Sequence[str]], greedies: Sequence[str],
     bound = [[bind_placeholders(text, text)[0] for text in pool] for pool in pools]
     results = iter(asm.assemble_many([text for texts in bound for text in texts]))
     picks = []
-    for pool, texts in zip(pools, bound):
+    for pool, texts, ignored in zip(pools, bound, scratch):
         programs = [next(results) for _ in texts]
-        picks.append(_pick(pool, texts, programs, emu))
+        picks.append(_pick(pool, texts, programs, emu, ignored))
     return picks
 
 
-def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator) -> str:
+def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator, scratch: Scratch = NO_SCRATCH) -> str:
     greedy = pool[0]
     ok = [i for i, res in enumerate(programs) if res.ok]
     if not ok:
@@ -72,6 +77,8 @@ def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator) -> s
             continue
         if any(end.outcome == STEP_LIMIT for end in ends):
             continue
+        if scratch != NO_SCRATCH:
+            ends = tuple(ignoring_scratch(end, scratch) for end in ends)
         groups.setdefault(ends, []).append(i)
     if not groups:
         return greedy
@@ -86,9 +93,10 @@ def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator) -> s
 def verified_answers(model, tokenizer, descriptions: list[str], prompt_format: str, max_tokens: int,
                      batch_size: int = 32, samples: int = SAMPLES, temperature: float = TEMPERATURE,
                      top_p: float = 0.0, greedy: list[str] | None = None, assembler: str | Assembler = "auto",
-                     ) -> tuple[list[str], list[str]]:
+                     scratch: Sequence[Sequence[str] | None] | None = None) -> tuple[list[str], list[str]]:
     """(verified answers, greedy answers) for `descriptions`: the greedy answers (or the given
-    ones) and `samples` sampled answers per description, in batches, picked by behaviour."""
+    ones) and `samples` sampled answers per description, in batches, picked by behaviour
+    (`scratch` as in pick_many)."""
     from riscv_ft.inference import generate_answers
 
     if samples < 1:
@@ -99,4 +107,4 @@ def verified_answers(model, tokenizer, descriptions: list[str], prompt_format: s
     sampled = generate_answers(model, tokenizer, [d for d in descriptions for _ in range(samples)],
                                prompt_format, max_tokens, batch_size, temperature=temperature, top_p=top_p)
     lists = [sampled[k * samples:(k + 1) * samples] for k in range(len(descriptions))]
-    return pick_many(lists, greedy, assembler), greedy
+    return pick_many(lists, greedy, assembler, scratch=scratch), greedy
