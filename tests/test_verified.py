@@ -40,7 +40,13 @@ def test_a_tie_picks_the_greedy_group():
 
 
 def test_a_tie_without_the_greedy_group_keeps_greedy():
-    assert pick_by_behaviour([ADD[0], SUB], greedy="garbage here") == "garbage here"
+    # greedy (or) runs but its group is smaller than the tied add and sub groups
+    assert pick_by_behaviour([ADD[0], SUB, ADD[1], SUB], greedy="or a0, a1, a2") == "or a0, a1, a2"
+
+
+def test_a_tie_with_a_greedy_answer_that_does_not_assemble_picks_the_first_group():
+    assert pick_by_behaviour([SUB, ADD[0], ADD[1], SUB], greedy="garbage here") == SUB
+    assert pick_by_behaviour([ADD[0], SUB], greedy="1: j 1b") == ADD[0]  # greedy never ends
 
 
 def test_endless_loops_and_nothing_assembling():

@@ -8,13 +8,15 @@ temperature > 0). Then, without any reference:
    same state from every one of them form a group (the same behaviour, however spelled);
    answers that never end (hit the step limit) drop out too;
 3. the largest group wins; on a tie the group holding the greedy answer, else the greedy
-   answer itself. From the winning group the greedy answer is returned if it is a member,
-   else the group's most frequent spelling.
+   answer itself - unless the greedy answer has no group (it does not assemble or never
+   ends): a sure failure, so the tied group sampled first wins instead. From the winning
+   group the greedy answer is returned if it is a member, else its most frequent spelling.
 
 When nothing assembles the greedy answer stands. Registers a description declares `scratch`
-(an evaluation row's field, see scorer.py) are left out of the comparison, as the scorer does;
-riscv-ft-generate and the Assistant know of none and compare every register. `pick_by_behaviour` is the selection alone
-(no model, testable with constructed candidates); `verified_answers` samples with a model.
+(an evaluation row's field, see scorer.py) are left out of the comparison, as the scorer
+does; riscv-ft-generate and the Assistant know of none and compare every register.
+`pick_by_behaviour` is the selection alone (no model, testable with constructed candidates);
+`verified_answers` samples with a model.
 Not thread-safe (the scorer's emulator is shared per process).
 """
 
@@ -26,7 +28,7 @@ from typing import Sequence
 from riscv_ft.evaluate.assembler import Assembler, find_assembler
 from riscv_ft.evaluate.emulator import NO_SCRATCH, STEP_LIMIT, Emulator, Scratch, ignoring_scratch
 from riscv_ft.evaluate.reference import bind_placeholders
-from riscv_ft.evaluate.scorer import _default_emulator, base_registers, scratch_registers
+from riscv_ft.evaluate.scorer import default_emulator, base_registers, scratch_registers
 
 DECODES = ("greedy", "verify")
 SAMPLES = 8  # sampled answers per description, besides the greedy one
@@ -48,7 +50,7 @@ def pick_many(candidate_lists: Sequence[Sequence[str]], greedies: Sequence[str],
         raise ValueError(f"{len(candidate_lists)} candidate lists for {len(greedies)} greedy answers")
     scratch = [scratch_registers(names, k) for k, names in enumerate(scratch or [None] * len(greedies))]
     asm = find_assembler(assembler)
-    emu = emulator or _default_emulator()
+    emu = emulator or default_emulator()
     pools = [[greedy, *candidates] for candidates, greedy in zip(candidate_lists, greedies)]
     # An answer in the dataset's template style (`add rd, rs1, rs2`) runs with its placeholders
     # bound to the scorer's fixed registers, the same in every answer that uses them.
@@ -84,7 +86,8 @@ def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator, scra
         return greedy
     largest = max(len(members) for members in groups.values())
     top = [members for members in groups.values() if len(members) == largest]
-    if any(0 in members for members in top) or len(top) > 1:
+    greedy_runs = any(0 in members for members in groups.values())
+    if any(0 in members for members in top) or (len(top) > 1 and greedy_runs):
         return greedy  # greedy's group wins the tie, or a tie without it: greedy stands
     spellings = Counter(pool[i] for i in top[0])
     return pool[max(top[0], key=lambda i: (spellings[pool[i]], -i))]  # most frequent, then first
