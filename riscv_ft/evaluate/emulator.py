@@ -118,7 +118,8 @@ def compare(reference: FinalState, prediction: FinalState, scratch: Scratch = NO
     if reference.outcome == STEP_LIMIT:
         return "the reference does not end (no exit within the step limit)"
     if prediction.outcome == STEP_LIMIT:
-        return f"the prediction does not end (no exit within the step limit; the reference ended with {reference.outcome})"
+        return ("the prediction does not end (no exit within the step limit; "
+                f"the reference ended with {reference.outcome})")
     if scratch.x or scratch.f:
         reference, prediction = ignoring_scratch(reference, scratch), ignoring_scratch(prediction, scratch)
     return None if reference == prediction else describe_difference(reference, prediction)
