@@ -40,7 +40,13 @@ def test_a_tie_picks_the_greedy_group():
 
 
 def test_a_tie_without_the_greedy_group_keeps_greedy():
-    assert pick_by_behaviour([ADD[0], SUB], greedy="garbage here") == "garbage here"
+    # greedy (or) runs but its group is smaller than the tied add and sub groups
+    assert pick_by_behaviour([ADD[0], SUB, ADD[1], SUB], greedy="or a0, a1, a2") == "or a0, a1, a2"
+
+
+def test_a_tie_with_a_greedy_answer_that_does_not_assemble_picks_the_first_group():
+    assert pick_by_behaviour([SUB, ADD[0], ADD[1], SUB], greedy="garbage here") == SUB
+    assert pick_by_behaviour([ADD[0], SUB], greedy="1: j 1b") == ADD[0]  # greedy never ends
 
 
 def test_endless_loops_and_nothing_assembling():
@@ -123,3 +129,24 @@ def test_evaluation_reports_verified_decoding_per_category_and_size_with_its_cos
     assert table.splitlines()[0] == "User, functional: base | tuned | tuned verified"
     assert any(line.split()[:2] == ["category", "min/max"] for line in table.splitlines())
     assert "verified decoding (2 samples)" in describe(summary)
+
+
+def test_eval_decode_and_samples_are_config_keys():
+    from riscv_ft.cli import compose
+    from riscv_ft.config import ConfigError
+
+    cfg = compose(["experiment=smoke", "eval.decode=verify", "eval.samples=4"])
+    assert (cfg.eval.decode, cfg.eval.samples) == ("verify", 4)
+    assert compose(["experiment=smoke"]).eval.decode == "greedy"
+    for override, message in (("eval.decode=beam", "eval.decode"), ("eval.samples=0", "eval.samples")):
+        with pytest.raises(ConfigError, match=message):
+            compose(["experiment=smoke", override])
+
+
+def test_scratch_registers_do_not_split_a_group():
+    via_t0, via_t1 = "slli t0, a1, 2\nadd a0, t0, a2", "slli t1, a1, 2\nadd a0, t1, a2"
+    candidates = [via_t0, via_t1, via_t1, "add a0, a1, a2"]
+    # every register counts: t1's group (2) is as large as greedy's add (1 + greedy): greedy wins
+    assert pick_by_behaviour(candidates, greedy="add a0, a2, a1") == "add a0, a2, a1"
+    # t0 and t1 are scratch: the three shift-and-add answers are one group
+    assert pick_many([candidates], ["add a0, a2, a1"], scratch=[["t0", "t1"]]) == [via_t1]

@@ -98,7 +98,7 @@ class Scratch(NamedTuple):
 NO_SCRATCH = Scratch()
 
 
-def _without(end: FinalState, scratch: Scratch) -> FinalState:
+def ignoring_scratch(end: FinalState, scratch: Scratch) -> FinalState:
     """`end` with the scratch registers zeroed, so that their values compare equal."""
     x, f = bytearray(end.x), bytearray(end.f)
     for n in scratch.x:
@@ -118,9 +118,10 @@ def compare(reference: FinalState, prediction: FinalState, scratch: Scratch = NO
     if reference.outcome == STEP_LIMIT:
         return "the reference does not end (no exit within the step limit)"
     if prediction.outcome == STEP_LIMIT:
-        return f"the prediction does not end (no exit within the step limit; the reference ended with {reference.outcome})"
+        return ("the prediction does not end (no exit within the step limit; "
+                f"the reference ended with {reference.outcome})")
     if scratch.x or scratch.f:
-        reference, prediction = _without(reference, scratch), _without(prediction, scratch)
+        reference, prediction = ignoring_scratch(reference, scratch), ignoring_scratch(prediction, scratch)
     return None if reference == prediction else describe_difference(reference, prediction)
 
 

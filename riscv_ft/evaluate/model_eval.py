@@ -107,7 +107,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], prompt_format: str, max_t
         started = time.perf_counter()
         answers, _ = verified_answers(model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens,
                                       batch_size, samples=samples, greedy=[p["prediction"] for p in pairs],
-                                      assembler=assembler)
+                                      assembler=assembler, scratch=[r.get("scratch") for r in rows])
         # the cost of a verified answer includes its greedy answer
         verify_s = greedy_s + time.perf_counter() - started
         verified = score_rows(answer_rows(model, tokenizer, rows, prompt_format, max_tokens, answers=answers),

@@ -81,7 +81,7 @@ def scratch_registers(names, row: int | str = "?") -> Scratch:
     return Scratch(frozenset(x), frozenset(f))
 
 
-def _default_emulator() -> Emulator:
+def default_emulator() -> Emulator:
     """One emulator per process: its machine and per-program cache are reused across calls."""
     global _emulator
     if _emulator is None:
@@ -103,7 +103,7 @@ def score_rows(rows: Sequence[dict], assembler: str | Assembler = "auto",
                 raise ValueError(f"row {i}: field {key!r} is missing or not a string")
         scratch.append(scratch_registers(row.get("scratch"), i))
     asm = find_assembler(assembler)
-    emu = emulator or _default_emulator()
+    emu = emulator or default_emulator()
 
     out: list[dict] = []
     jobs: list[tuple[dict, str, str, Scratch]] = []  # (output row, bound reference, bound prediction, scratch)

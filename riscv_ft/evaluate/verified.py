@@ -8,11 +8,15 @@ temperature > 0). Then, without any reference:
    same state from every one of them form a group (the same behaviour, however spelled);
    answers that never end (hit the step limit) drop out too;
 3. the largest group wins; on a tie the group holding the greedy answer, else the greedy
-   answer itself. From the winning group the greedy answer is returned if it is a member,
-   else the group's most frequent spelling.
+   answer itself - unless the greedy answer has no group (it does not assemble or never
+   ends): a sure failure, so the tied group sampled first wins instead. From the winning
+   group the greedy answer is returned if it is a member, else its most frequent spelling.
 
-When nothing assembles the greedy answer stands. `pick_by_behaviour` is the selection alone
-(no model, testable with constructed candidates); `verified_answers` samples with a model.
+When nothing assembles the greedy answer stands. Registers a description declares `scratch`
+(an evaluation row's field, see scorer.py) are left out of the comparison, as the scorer
+does; riscv-ft-generate and the Assistant know of none and compare every register.
+`pick_by_behaviour` is the selection alone (no model, testable with constructed candidates);
+`verified_answers` samples with a model.
 Not thread-safe (the scorer's emulator is shared per process).
 """
 
@@ -22,9 +26,9 @@ from collections import Counter
 from typing import Sequence
 
 from riscv_ft.evaluate.assembler import Assembler, find_assembler
-from riscv_ft.evaluate.emulator import STEP_LIMIT, Emulator
+from riscv_ft.evaluate.emulator import NO_SCRATCH, STEP_LIMIT, Emulator, Scratch, ignoring_scratch
 from riscv_ft.evaluate.reference import bind_placeholders
-from riscv_ft.evaluate.scorer import _default_emulator, base_registers
+from riscv_ft.evaluate.scorer import default_emulator, base_registers, scratch_registers
 
 DECODES = ("greedy", "verify")
 SAMPLES = 8  # sampled answers per description, besides the greedy one
@@ -38,25 +42,28 @@ def pick_by_behaviour(candidates: Sequence[str], greedy: str, assembler: str | A
 
 
 def pick_many(candidate_lists: Sequence[Sequence[str]], greedies: Sequence[str],
-              assembler: str | Assembler = "auto", emulator: Emulator | None = None) -> list[str]:
-    """pick_by_behaviour for many descriptions, with one batched assembler call for all."""
+              assembler: str | Assembler = "auto", emulator: Emulator | None = None,
+              scratch: Sequence[Sequence[str] | None] | None = None) -> list[str]:
+    """pick_by_behaviour for many descriptions, with one batched assembler call for all;
+    `scratch`: per description, register names whose final value does not count (or None)."""
     if len(candidate_lists) != len(greedies):
         raise ValueError(f"{len(candidate_lists)} candidate lists for {len(greedies)} greedy answers")
+    scratch = [scratch_registers(names, k) for k, names in enumerate(scratch or [None] * len(greedies))]
     asm = find_assembler(assembler)
-    emu = emulator or _default_emulator()
+    emu = emulator or default_emulator()
     pools = [[greedy, *candidates] for candidates, greedy in zip(candidate_lists, greedies)]
     # An answer in the dataset's template style (`add rd, rs1, rs2`) runs with its placeholders
     # bound to the scorer's fixed registers, the same in every answer that uses them.
     bound = [[bind_placeholders(text, text)[0] for text in pool] for pool in pools]
     results = iter(asm.assemble_many([text for texts in bound for text in texts]))
     picks = []
-    for pool, texts in zip(pools, bound):
+    for pool, texts, ignored in zip(pools, bound, scratch):
         programs = [next(results) for _ in texts]
-        picks.append(_pick(pool, texts, programs, emu))
+        picks.append(_pick(pool, texts, programs, emu, ignored))
     return picks
 
 
-def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator) -> str:
+def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator, scratch: Scratch = NO_SCRATCH) -> str:
     greedy = pool[0]
     ok = [i for i, res in enumerate(programs) if res.ok]
     if not ok:
@@ -72,12 +79,15 @@ def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator) -> s
             continue
         if any(end.outcome == STEP_LIMIT for end in ends):
             continue
+        if scratch != NO_SCRATCH:
+            ends = tuple(ignoring_scratch(end, scratch) for end in ends)
         groups.setdefault(ends, []).append(i)
     if not groups:
         return greedy
     largest = max(len(members) for members in groups.values())
     top = [members for members in groups.values() if len(members) == largest]
-    if any(0 in members for members in top) or len(top) > 1:
+    greedy_runs = any(0 in members for members in groups.values())
+    if any(0 in members for members in top) or (len(top) > 1 and greedy_runs):
         return greedy  # greedy's group wins the tie, or a tie without it: greedy stands
     spellings = Counter(pool[i] for i in top[0])
     return pool[max(top[0], key=lambda i: (spellings[pool[i]], -i))]  # most frequent, then first
@@ -86,9 +96,10 @@ def _pick(pool: list[str], bound: list[str], programs: list, emu: Emulator) -> s
 def verified_answers(model, tokenizer, descriptions: list[str], prompt_format: str, max_tokens: int,
                      batch_size: int = 32, samples: int = SAMPLES, temperature: float = TEMPERATURE,
                      top_p: float = 0.0, greedy: list[str] | None = None, assembler: str | Assembler = "auto",
-                     ) -> tuple[list[str], list[str]]:
+                     scratch: Sequence[Sequence[str] | None] | None = None) -> tuple[list[str], list[str]]:
     """(verified answers, greedy answers) for `descriptions`: the greedy answers (or the given
-    ones) and `samples` sampled answers per description, in batches, picked by behaviour."""
+    ones) and `samples` sampled answers per description, in batches, picked by behaviour
+    (`scratch` as in pick_many)."""
     from riscv_ft.inference import generate_answers
 
     if samples < 1:
@@ -99,4 +110,4 @@ def verified_answers(model, tokenizer, descriptions: list[str], prompt_format: s
     sampled = generate_answers(model, tokenizer, [d for d in descriptions for _ in range(samples)],
                                prompt_format, max_tokens, batch_size, temperature=temperature, top_p=top_p)
     lists = [sampled[k * samples:(k + 1) * samples] for k in range(len(descriptions))]
-    return pick_many(lists, greedy, assembler), greedy
+    return pick_many(lists, greedy, assembler, scratch=scratch), greedy
