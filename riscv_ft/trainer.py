@@ -262,6 +262,11 @@ class Trainer:
             bad_step[0] = mx.where(ok | (bad_step[0] > 0), bad_step[0], step)
             return totals
 
+        def accumulate_step(sums, batch):
+            """sums = (loss sum, answer tokens, gradients) of the micro-batches before this one."""
+            loss_sum, ntok, grads = grad_step(batch)
+            return sums[0] + loss_sum, sums[1] + ntok, tree_map(mx.add, sums[2], grads)
+
         def train_step(batch, local_counts, step):  # one micro-batch per optimizer step
             loss_sum, ntok, grads = grad_step(batch)
             return apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), local_counts]), step)
@@ -273,9 +278,11 @@ class Trainer:
         # reuses a graph traced for another model.
         if cfg.compile:
             compiled = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
+            accumulate_step = compiled(accumulate_step)
             grad_step, apply_step, train_step = compiled(grad_step), compiled(apply_step), compiled(train_step)
             eval_step = partial(mx.compile, inputs=compiled_state)(eval_step)
         self._grad_step, self._apply_step, self._train_step, self._eval_step = grad_step, apply_step, train_step, eval_step
+        self._accumulate_step = accumulate_step
 
     def _queue_step(self, micro: list[Batch], step: int) -> mx.array:
         """Build optimizer step `step` on the device and return its summed
@@ -286,11 +293,14 @@ class Trainer:
         step_array = mx.array(step, dtype=mx.int32)
         if len(micro) == 1:
             return self._train_step(self._arrays(micro[0]), counts, step_array)
-        loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
-        for batch in micro:
-            ls, nt, g = self._grad_step(self._arrays(batch))
-            loss_sum, ntok = loss_sum + ls, ntok + nt
-            grads = g if grads is None else tree_map(mx.add, grads, g)
+        # Each micro-batch's sums are evaluated before the next one's graph is built on them:
+        # queued together, every micro-batch's activations were alive at once (acc=8 peaked
+        # at 4.7x acc=1 on the tiny model), and accumulation saved no memory.
+        sums = self._grad_step(self._arrays(micro[0]))
+        for batch in micro[1:]:
+            mx.eval(sums)
+            sums = self._accumulate_step(sums, self._arrays(batch))
+        loss_sum, ntok, grads = sums
         return self._apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), counts]), step_array)
 
     def _arrays(self, batch: Batch) -> dict:
@@ -384,7 +394,9 @@ class Trainer:
                 micro = [next(batches) for _ in range(cfg.grad_accumulation)]
                 totals = self._queue_step(micro, step)
                 window.add(totals)
-                mx.async_eval(totals, window.sums, self.bad_step[0])
+                # The new weights and AdamW moments are named too: otherwise this step's update
+                # stays pending into the next step, and both steps' copies are alive at once.
+                mx.async_eval(totals, window.sums, self.bad_step[0], self.model.trainable_parameters(), self.optimizer.state)
                 if previous is not None:
                     mx.eval(previous)  # the device is at most one step behind the host
                 previous = totals
