@@ -159,6 +159,11 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     # Recompute each block's activations in the backward pass: less memory, ~30% slower.
     grad_checkpoint: bool = False
+    # With grad_checkpoint: recompute only every k-th block (blocks 0, k, 2k, ...); 1: all of them.
+    grad_checkpoint_every: int = 1
+    # Output layer and loss on this many positions at a time, each chunk recomputed in the
+    # backward pass: the float32 (positions x vocabulary) logits never exist whole. 0: one piece.
+    loss_chunk: int = 0
     # Compile the training step with mx.compile.
     compile: bool = True
     # Run the q/k/v and the gate/up LoRA layers of llama/mistral blocks as one layer each
@@ -286,6 +291,8 @@ _RULES: list[tuple[str, Any, str]] = [
     ("trainer.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
     ("trainer.min_lr_ratio", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     ("trainer.grad_accumulation", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.grad_checkpoint_every", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.loss_chunk", lambda v: v >= 0, "an integer >= 0 (0: the whole loss at once)"),
     ("trainer.max_grad_norm", lambda v: v >= 0.0, "a number >= 0 (0 turns clipping off)"),
     ("trainer.report_every", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.eval_every", lambda v: v >= 0, "an integer >= 0"),

@@ -44,7 +44,7 @@ class TrainingDiverged(RuntimeError):
 
 def masked_loss(
     model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, positions: mx.array | None = None,
-    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None,
+    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None, loss_chunk: int = 0,
 ):
     """Summed cross-entropy over the tokens the mask keeps, and how many it keeps.
 
@@ -59,7 +59,18 @@ def masked_loss(
     `segment_ids` and `rope_positions` (packed rows, see riscv_ft.data.packing) keep each
     sample's attention within the sample and restart its rotary positions at 0, so every
     sample's loss is its unpacked loss.
+
+    `loss_chunk` > 0 (trainer.loss_chunk): the output layer and the loss run on that many
+    positions at a time, each chunk recomputed in the backward pass, so the float32
+    (positions x vocabulary) logits and their gradient never exist whole (llama/mistral).
     """
+    head = _output_layer(model) if loss_chunk > 0 else None
+    if head is not None:
+        hidden = _hidden_at(model, inputs, positions, segment_ids, rope_positions)
+        targets, mask = targets.reshape(-1), mask.reshape(-1)
+        if positions is not None:
+            targets, mask = targets[positions], mask[positions]
+        return _chunked_cross_entropy(head, hidden, targets, mask, loss_chunk), mask.sum()
     if positions is None and segment_ids is None:
         logits = model(inputs)
     else:
@@ -79,22 +90,53 @@ def _logits_at(
     (positions, vocab): the transformer runs on every position, the output layer on the
     selected ones (mlx-lm's llama/mistral models; any other model computes all logits and
     keeps the selected rows). Packed rows (`segment_ids`) need a llama/mistral model."""
-    body = getattr(model, "model", None)
-    if getattr(model, "model_type", None) in ("llama", "mistral") and body is not None:
-        if segment_ids is None:
-            hidden = body(inputs)
-        else:
-            hidden = packed_hidden(body, inputs, segment_ids, rope_positions)
-        hidden = hidden.reshape(-1, hidden.shape[-1])
-        if positions is not None:
-            hidden = hidden[positions]
-        head = getattr(model, "lm_head", None)
-        return head(hidden) if head is not None else body.embed_tokens.as_linear(hidden)
+    head = _output_layer(model)
+    if head is not None:
+        return head[1](_hidden_at(model, inputs, positions, segment_ids, rope_positions))
     if segment_ids is not None:
         raise ValueError(packing_problem(model))
     logits = model(inputs)
     logits = logits.reshape(-1, logits.shape[-1])
     return logits if positions is None else logits[positions]
+
+
+def _output_layer(model: nn.Module) -> tuple[nn.Module, Callable] | None:
+    """(module holding the output weights, hidden -> logits) of an mlx-lm llama/mistral model
+    (the tied embedding's as_linear when there is no lm_head); None for other models."""
+    body = getattr(model, "model", None)
+    if getattr(model, "model_type", None) not in ("llama", "mistral") or body is None:
+        return None
+    head = getattr(model, "lm_head", None)
+    return (head, head) if head is not None else (body.embed_tokens, body.embed_tokens.as_linear)
+
+
+def _hidden_at(model: nn.Module, inputs: mx.array, positions: mx.array | None,
+               segment_ids: mx.array | None = None, rope_positions: mx.array | None = None) -> mx.array:
+    """The last hidden states of a llama/mistral model at flat `positions` (all when None): (positions, hidden)."""
+    body = model.model
+    hidden = body(inputs) if segment_ids is None else packed_hidden(body, inputs, segment_ids, rope_positions)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    return hidden if positions is None else hidden[positions]
+
+
+def _chunked_cross_entropy(head: tuple[nn.Module, Callable], hidden: mx.array, targets: mx.array, mask: mx.array,
+                           chunk: int) -> mx.array:
+    """Summed masked cross-entropy of head(hidden), `chunk` rows at a time. Each chunk is an
+    mx.checkpoint: the backward pass keeps only its hidden rows and recomputes its logits."""
+    module, apply_head = head
+
+    def chunk_loss(params, h, t, m):
+        module.update(params)  # the head's trainable weights (full fine-tuning) get their gradient
+        t, m = mx.stop_gradient(t), mx.stop_gradient(m)  # the checkpoint differentiates every input; indices have no VJP
+        return (_cross_entropy(apply_head(h).astype(mx.float32), t) * m).sum()
+
+    checkpointed = mx.checkpoint(chunk_loss)
+    params = module.trainable_parameters()
+    total = mx.array(0.0)
+    for start in range(0, hidden.shape[0], chunk):
+        end = start + chunk
+        total = total + checkpointed(params, hidden[start:end], targets[start:end], mask[start:end])
+    return total
 
 
 def _cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
@@ -141,14 +183,15 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
-def enable_grad_checkpoint(model: nn.Module) -> None:
-    """Recompute each transformer block's activations in the backward pass.
+def enable_grad_checkpoint(model: nn.Module, every: int = 1) -> None:
+    """Recompute each transformer block's activations in the backward pass (with `every` = k,
+    only every k-th block's: blocks 0, k, 2k, ...; the others keep theirs).
 
     mlx-lm's `grad_checkpoint` patches the block *class*, which leaks into every later run
     in the same process (Hydra multirun) and nests on a second call. Here each block gets
     its own subclass, so nothing outlives the model.
     """
-    for layer in model.layers:
+    for layer in model.layers[:: max(every, 1)]:
         base = type(layer)
         if getattr(base, "_riscv_ft_checkpointed", False):
             continue
@@ -218,7 +261,11 @@ class Trainer:
         # update is applied, so the weights stay those of the step before it.
         self.bad_step = [mx.array(0, dtype=mx.int32)]
         if trainer_cfg.grad_checkpoint:
-            enable_grad_checkpoint(model)
+            enable_grad_checkpoint(model, trainer_cfg.get("grad_checkpoint_every", 1))
+        loss_chunk = trainer_cfg.get("loss_chunk", 0)
+        self._eval_loss = partial(masked_loss, loss_chunk=loss_chunk) if loss_chunk else masked_loss
+        if loss_chunk and loss_fn is masked_loss:
+            loss_fn = self._eval_loss
         self._build_steps(loss_fn)
 
     @classmethod
@@ -272,7 +319,7 @@ class Trainer:
             return apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), local_counts]), step)
 
         def eval_step(batch):
-            return masked_loss(model, **batch)
+            return self._eval_loss(model, **batch)
 
         # Compiled functions belong to this Trainer, so a new run (or sweep job) never
         # reuses a graph traced for another model.

@@ -202,3 +202,39 @@ def test_grad_accumulation_holds_one_micro_batch_of_activations():
         _peak_of_step(model, trainer, micro[:acc], 1)  # compiles
         peaks[acc] = _peak_of_step(model, trainer, micro[:acc], 2)
     assert peaks[8] <= 1.2 * peaks[1], f"acc=8 {peaks[8]:.3f} GB, acc=1 {peaks[1]:.3f} GB"
+
+
+@pytest.mark.parametrize("fine_tune_type", ["lora", "full"])
+def test_chunked_loss_equals_the_whole_loss_and_its_gradients(fine_tune_type):
+    """trainer.loss_chunk: the same summed loss and the same gradient for every trainable
+    weight (full fine-tuning includes the output layer's, which flows through the chunks)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    from riscv_ft.model import apply_adapters, load_base
+    from riscv_ft.trainer import masked_loss
+
+    cfg = compose(["model=tiny", f"lora.fine_tune_type={fine_tune_type}"])
+    model = load_base(cfg.model).model
+    mx.random.seed(0)
+    apply_adapters(model, cfg.lora)
+    model.load_weights([(k, 0.02 * mx.random.normal(v.shape)) for k, v in tree_flatten(model.trainable_parameters())
+                        if k.endswith("lora_b")], strict=False)
+    batch = _random_batch(np.random.default_rng(0), 40, rows=2)
+    mask = batch.mask.copy()
+    mask[:, :7] = 0  # a masked prompt
+    args = (mx.array(batch.inputs), mx.array(batch.targets), mx.array(mask))
+    results = []
+    for chunk in (0, 24):  # 80 positions: chunks of 24, 24, 24, 8
+        (loss, count), grads = nn.value_and_grad(model, masked_loss)(model, *args, loss_chunk=chunk)
+        results.append((loss.item(), count.item(), dict(tree_flatten(grads))))
+    (whole, n, g_whole), (chunked, m, g_chunked) = results
+    assert n == m == 66
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    assert g_whole.keys() == g_chunked.keys()
+    if fine_tune_type == "full":
+        assert "lm_head.weight" in g_whole
+    worst = max(float(mx.abs(g_whole[k] - g_chunked[k]).max() / (mx.abs(g_whole[k]).max() + 1e-12)) for k in g_whole)
+    assert worst < 1e-4, f"largest relative gradient difference {worst:.3g}"
