@@ -145,32 +145,63 @@ def estimate_memory_gb(cfg: DictConfig) -> dict:
     else:
         weight_bytes = params * dtype_bytes
 
-    lora = cfg.lora
+    lora, trainer = cfg.lora, cfg.trainer
+    accumulation = trainer.get("grad_accumulation", 1)
     if lora.fine_tune_type == "full":
         trainable = params
-        train_bytes = params * dtype_bytes * 3  # gradients + two AdamW moments, same dtype as the weights
+        # adamw_update keeps float32 weights and moments whatever the model's dtype: the
+        # weights grow to 4 bytes from the first update on (counted here, not in weights_gb),
+        # the gradients stay in the model's dtype, plus an accumulator of them with accumulation.
+        weight_bytes = params * _BYTES["float32"]
+        train_bytes = params * (8 + dtype_bytes * (2 if accumulation > 1 else 1))
     else:
         adapted = layers if lora.num_layers == -1 else min(lora.num_layers, layers)
         per_block = sum(lora.rank * (shapes[k][0] + shapes[k][1]) for k in lora.targets if k in shapes)
         if lora.fine_tune_type == "dora":
             per_block += sum(shapes[k][1] for k in lora.targets if k in shapes)  # magnitude vectors
+        elif trainer.get("fuse_lora") and c.get("model_type", "mistral") in ("llama", "mistral"):
+            # fused q/k/v and gate/up: B is block-diagonal (parts x rank, sum of outs), its off-diagonal
+            # blocks zero but trained and kept in AdamW's moments; plus its constant mask.
+            for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+                fused = [k for k in group if k in lora.targets]
+                if len(fused) > 1:
+                    outs = sum(shapes[k][1] for k in fused)
+                    per_block += lora.rank * outs * (len(fused) - 1) * 1.25  # the mask: a quarter more
         trainable = adapted * per_block
-        train_bytes = trainable * 16  # float32 weight, gradient, two AdamW moments
+        # float32 weight, gradient, two AdamW moments; with accumulation a second gradient (the sum)
+        train_bytes = trainable * (16 + (4 if accumulation > 1 else 0))
 
-    batch, seq = cfg.trainer.batch_size, cfg.data.max_seq_length
+    # One micro-batch of batch_size rows: the trainer evaluates each before the next.
+    batch, seq = trainer.batch_size, cfg.data.max_seq_length
     tokens = batch * seq
     value_bytes = ACTIVATION_BYTES.get(str(cfg.model.dtype), 3.3)
     kept = KEPT_PER_HIDDEN * hidden + KEPT_PER_MLP * c["intermediate_size"] + KEPT_PER_HEAD_KEY * heads * seq
     per_layer = tokens * kept * value_bytes
-    if cfg.trainer.grad_checkpoint:
-        activation_bytes = layers * tokens * hidden * dtype_bytes + CHECKPOINT_BLOCKS * per_layer
+    if trainer.grad_checkpoint:
+        every = max(trainer.get("grad_checkpoint_every", 1), 1)
+        checkpointed = -(-layers // every)  # blocks 0, k, 2k, ...
+        recompute = CHECKPOINT_BLOCKS if checkpointed == layers else 1.0
+        activation_bytes = (checkpointed * tokens * hidden * dtype_bytes + (layers - checkpointed) * per_layer
+                            + recompute * per_layer)
     else:
         activation_bytes = layers * per_layer
-    logits_bytes = tokens * vocab * (dtype_bytes + 8)
+    chunk = trainer.get("loss_chunk", 0)
+    if chunk and chunk < tokens and not trainer.get("compile", True):
+        # Two chunks' float32 logits in flight (measured: MLX overlaps neighbours), plus the hidden
+        # rows. Compiled (MLX 0.32), the chunks measured no lower than the whole loss: not counted.
+        logits_bytes = 2 * chunk * vocab * (dtype_bytes + 8) + tokens * hidden * 4
+    else:
+        logits_bytes = tokens * vocab * (dtype_bytes + 8)
+
+    # The update writes new float32 weights and moments while the old ones are still alive (the
+    # compiled step's inputs): 12 bytes per trainable value. Measured on the tiny model in bf16,
+    # full fine-tuning: it overlaps the end of the backward pass, so it adds to the activations.
+    update_bytes = trainable * 12
 
     parts = {
         "weights_gb": weight_bytes / GB,
         "lora_gb": train_bytes / GB,
+        "update_gb": update_bytes / GB,
         "activations_gb": activation_bytes / GB,
         "logits_gb": logits_bytes / GB,
         "overhead_gb": OVERHEAD_GB,
