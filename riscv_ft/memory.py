@@ -39,6 +39,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from riscv_ft.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 # config.json of mistralai/Mistral-7B-Instruct-v0.3 (the fields used here): 7.25B parameters.
@@ -241,10 +243,119 @@ def machine_memory_gb() -> dict:
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
+LIMIT_MARGIN = 0.9  # of Metal's working set or a GPU's total: room for the system, other processes, fragmentation
+
+
 def memory_limit_gb() -> float | None:
-    """What a run may use here: the GPU working set on Apple silicon, else available memory."""
+    """What a run may use here: Metal's recommended working set less a margin on Apple silicon;
+    on CUDA the GPU's free memory if MLX reports it, else its total less a margin; on a CPU the
+    available RAM."""
     m = machine_memory_gb()
-    return m.get("gpu_working_set_gb") or m["available_gb"] or m["total_gb"]
+    if m.get("gpu_working_set_gb"):
+        return round(m["gpu_working_set_gb"] * LIMIT_MARGIN, 2)
+    try:
+        import mlx.core as mx
+
+        if mx.cuda.is_available():
+            info = mx.device_info()
+            free = next((v for k, v in info.items() if "free" in k and "memory" in k), None)
+            total = info.get("memory_size") or info.get("total_memory")
+            if free or total:
+                return round(free / GB if free else total * LIMIT_MARGIN / GB, 2)
+    except Exception:  # noqa: BLE001 - an MLX without CUDA or without device_info
+        pass
+    return m["available_gb"] or m["total_gb"]
+
+
+class MemoryPlanError(ConfigError):
+    """No setting the policy may choose fits trainer.memory_limit_gb."""
+
+
+def configured_limit_gb(cfg: DictConfig) -> float | None:
+    """trainer.memory_limit_gb as a number: auto -> memory_limit_gb(); off -> None."""
+    value = str(cfg.trainer.get("memory_limit_gb", "auto")).strip().lower()
+    if value == "auto":
+        return memory_limit_gb()
+    if value in ("off", "none", "null"):
+        return None
+    return float(value)
+
+
+def _setting(changes: dict) -> str:
+    return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changes.items())
+
+
+def memory_candidates(cfg: DictConfig, explicit: set[str]) -> list[dict]:
+    """The settings the policy tries, cheapest first (each a dict of changed keys, cumulative):
+    as configured; gradient checkpointing of every 4th, every 2nd, then every block; the
+    chunked loss; micro-batches (batch halved, accumulation doubled: same effective batch).
+    A key the user set (`explicit`) is never changed."""
+    t = cfg.trainer
+    free = lambda key: key not in explicit  # noqa: E731
+    ladder: list[dict] = [{}]
+    current: dict = {}
+    if not t.grad_checkpoint and free("trainer.grad_checkpoint"):
+        layers = model_config(cfg.model)[0]["num_hidden_layers"]
+        for every in ((4, 2, 1) if free("trainer.grad_checkpoint_every") else (t.grad_checkpoint_every,)):
+            if every < layers or every == 1:
+                current = {**current, "trainer.grad_checkpoint": True, "trainer.grad_checkpoint_every": every}
+                ladder.append(current)
+    if not t.get("loss_chunk") and free("trainer.loss_chunk"):
+        current = {**current, "trainer.loss_chunk": 256}
+        ladder.append(current)
+    if free("trainer.batch_size") and free("trainer.grad_accumulation"):
+        batch, acc = t.batch_size, t.grad_accumulation
+        while batch > 1 and batch % 2 == 0:
+            batch, acc = batch // 2, acc * 2
+            current = {**current, "trainer.batch_size": batch, "trainer.grad_accumulation": acc}
+            ladder.append(current)
+    return ladder
+
+
+def _apply(cfg: DictConfig, changes: dict) -> DictConfig:
+    copy = cfg.copy()
+    for key, value in changes.items():
+        OmegaConf.update(copy, key, value, merge=False)
+    return copy
+
+
+def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: float | None = None) -> DictConfig:
+    """The cheapest setting whose estimate fits the limit (trainer.memory_limit_gb, or
+    `limit_gb`), logged in one line and written into the returned config (the changed keys
+    and trainer.memory_plan). Raises MemoryPlanError naming what to lower when none fits."""
+    limit = limit_gb if limit_gb is not None else configured_limit_gb(cfg)
+    if limit is None:
+        return cfg
+    tried = []
+    for changes in memory_candidates(cfg, explicit):
+        candidate = _apply(cfg, changes)
+        need = estimate_memory_gb(candidate)["total_gb"]
+        tried.append((changes, candidate, need))
+        if need <= limit:
+            what = _setting(changes) or "as configured"
+            note = f"{what} (estimate {need:.2f} GB of {limit:.2f} GB)"
+            log.info("memory: %s", note)
+            OmegaConf.update(candidate, "trainer.memory_plan", note, merge=False)
+            return candidate
+    changes, lowest, need = tried[-1]
+    raise MemoryPlanError(
+        f"this run needs about {need:.2f} GB{' with ' + _setting(changes) if changes else ''} but trainer.memory_limit_gb "
+        f"allows {limit:.3g} GB; lower " + ", ".join(f"{k}={v} ({gb:.2f} GB)" for k, v, gb in lower_options(lowest)))
+
+
+def lower_options(cfg: DictConfig) -> list[tuple[str, object, float]]:
+    """(key, smaller value, estimate with it) for the batch size, the LoRA rank and the longest sample."""
+    t = cfg.trainer
+    options = [("trainer.batch_size", 1)]
+    if cfg.lora.fine_tune_type != "full":
+        options.append(("lora.rank", max(cfg.lora.rank // 2, 1)))
+    options.append(("data.max_seq_length", max(cfg.data.max_seq_length // 2, 8)))
+    return [(k, v, estimate_memory_gb(_changed(cfg, k, v))["total_gb"]) for k, v in options if OmegaConf.select(cfg, k) != v]
+
+
+def oom_advice(cfg: DictConfig) -> str:
+    """The one line an out-of-memory failure ends with: what to lower and the estimate for each."""
+    return "lower " + ", ".join(f"{k}={v} (estimate {gb:.2f} GB)" for k, v, gb in lower_options(cfg))
 
 
 def _changed(cfg: DictConfig, key: str, value) -> DictConfig:
@@ -275,7 +386,7 @@ def warn_if_too_big(cfg: DictConfig, limit_gb: float | None = None) -> dict:
     log a warning that names the two changes saving the most. Returns the estimate with
     `limit_gb` and `too_big` added."""
     estimate = estimate_memory_gb(cfg)
-    limit = limit_gb if limit_gb is not None else memory_limit_gb()
+    limit = limit_gb if limit_gb is not None else configured_limit_gb(cfg)
     estimate["limit_gb"] = limit
     estimate["too_big"] = bool(limit and estimate["total_gb"] > limit)
     if estimate["too_big"]:

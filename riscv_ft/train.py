@@ -31,12 +31,18 @@ from riscv_ft.trainer import TrainingDiverged  # noqa: E402
 log = logging.getLogger("riscv_ft")
 
 
-def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool = False) -> float | None:
-    """Run one training job; user errors become one line (exit 2), or a failed job in a sweep."""
+def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool = False,
+                   explicit: frozenset[str] = frozenset()) -> float | None:
+    """Run one training job; user errors become one line (exit 2), or a failed job in a sweep.
+    `explicit`: the keys set on the command line, which the memory policy never changes (a
+    resumed run keeps the settings its saved config holds)."""
     from riscv_ft.experiment import run_experiment
+    from riscv_ft.memory import plan_memory
 
     try:
         validate(cfg)
+        if not resume:  # before anything loads: the cheapest setting that fits trainer.memory_limit_gb
+            cfg = plan_memory(cfg, explicit)
         metrics = run_experiment(cfg, run_dir, resume=resume)
     except (*USER_ERRORS, TrainingDiverged, MemoryError, RuntimeError) as err:
         message, code = _explain(err)
@@ -66,7 +72,8 @@ def _explain(err: Exception) -> tuple[str, int]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    return run_and_report(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+    explicit = frozenset(o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task)
+    return run_and_report(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN, explicit=explicit)
 
 
 def _resume_problem(argument: str, run_dir: Path) -> str | None:

@@ -238,3 +238,53 @@ def _measured_run_gb(cfg, steps: int = 2) -> float:
     peak = (mx.get_peak_memory() - elsewhere) / 1e9
     del model, trainer
     return peak
+
+
+# ---------------------------------------------------------------- the memory policy
+
+
+def test_policy_picks_checkpointing_then_micro_batches_as_the_limit_shrinks():
+    """Limits between the tiny model's estimates (validated against its measured peaks above):
+    as configured, then checkpointing of fewer then all blocks, then micro-batches with the
+    same effective batch; a key set by the user is never changed."""
+    from riscv_ft.memory import MemoryPlanError, memory_candidates, plan_memory
+
+    cfg = compose(["model=tiny", "trainer.batch_size=4", "data.max_seq_length=512"])
+    need = lambda changes: estimate_memory_gb(plan_memory(cfg, limit_gb=1e9) if not changes else _with(cfg, changes))["total_gb"]  # noqa: E731
+    ladder = memory_candidates(cfg, set())
+    assert [c.get("trainer.grad_checkpoint_every") for c in ladder[1:3]] == [2, 1]  # 4 blocks: every 2nd, all
+    assert ladder[-1]["trainer.batch_size"] == 1 and ladder[-1]["trainer.grad_accumulation"] == 4
+    picked = {}
+    for label, limit in (("configured", need({}) + 0.01), ("every 2nd", need(ladder[1]) + 0.001),
+                         ("all blocks", need(ladder[2]) + 0.001), ("micro-batches", need(ladder[-1]) + 0.001)):
+        planned = plan_memory(cfg, limit_gb=limit)
+        picked[label] = (planned.trainer.grad_checkpoint, planned.trainer.grad_checkpoint_every, planned.trainer.batch_size,
+                         planned.trainer.grad_accumulation)
+        assert planned.trainer.batch_size * planned.trainer.grad_accumulation == 4  # the effective batch
+        assert planned.trainer.memory_plan and f"{limit:.2f}" in planned.trainer.memory_plan
+    assert picked == {"configured": (False, 1, 4, 1), "every 2nd": (True, 2, 4, 1), "all blocks": (True, 1, 4, 1),
+                      "micro-batches": (True, 1, 1, 4)}
+    # the user's batch size wins: no micro-batches, so that limit cannot be met
+    with pytest.raises(MemoryPlanError, match="trainer.batch_size=1 .* lora.rank=.* data.max_seq_length=256"):
+        plan_memory(cfg, {"trainer.batch_size"}, limit_gb=need(ladder[-1]) + 0.001)
+
+
+def _with(cfg, changes):
+    from riscv_ft.memory import _apply
+
+    return _apply(cfg, changes)
+
+
+def test_an_impossible_limit_stops_before_loading_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "riscv_ft.train", "experiment=smoke", "trainer.memory_limit_gb=0.001",
+                             "tracking.enabled=false", f"experiments_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "trainer.batch_size=" in lines[0] and "lora.rank=" in lines[0] and "data.max_seq_length=" in lines[0]
+    assert "GB" in lines[0]
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing loaded, nothing written
