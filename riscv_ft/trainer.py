@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -206,6 +207,28 @@ def enable_grad_checkpoint(model: nn.Module, every: int = 1) -> None:
         layer.__class__ = type(base.__name__, (base,), {"__call__": checkpointed_call, "_riscv_ft_checkpointed": True})
 
 
+class OutOfMemory(RuntimeError):
+    """MLX could not allocate memory in a training step; the last complete step was saved
+    (`saved_step`, None when no checkpoint could be written)."""
+
+    def __init__(self, message: str, saved_step: int | None):
+        super().__init__(message)
+        self.saved_step = saved_step
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """MLX's allocation failures are RuntimeErrors: "[metal::malloc] Attempting to allocate ...",
+    "[cuda] out of memory", "[malloc] Unable to allocate ..."."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and ("alloc" in text or "out of memory" in text))
+
+
+# Tests only: raise MLX's own out-of-memory message when this optimizer step is queued.
+FAIL_AT_STEP_ENV = "RISCV_FT_TEST_OOM_AT_STEP"
+_METAL_OOM = ("[metal::malloc] Attempting to allocate 17179869184 bytes which is greater than the maximum allowed "
+              "buffer size of 12884901888 bytes.")
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped training after a checkpoint was saved."""
 
@@ -350,6 +373,60 @@ class Trainer:
         loss_sum, ntok, grads = sums
         return self._apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), counts]), step_array)
 
+    def _queue_and_wait(self, micro: list[Batch], step: int, window: "_Window", previous: tuple | None,
+                        on_save: Callable[[int], None]) -> tuple:
+        """Queue optimizer step `step`, then wait for the step before it (the device is at most one
+        step behind the host). Returns what the next call waits for: (step, totals, weights, AdamW
+        state), the last two kept only when small (LoRA) to go back to after an out-of-memory error.
+
+        MLX's out-of-memory error: the weights and moments go back to the last step known complete,
+        on_save saves it (resumable), and OutOfMemory is raised."""
+        try:
+            if os.environ.get(FAIL_AT_STEP_ENV) == str(step):
+                raise RuntimeError(_METAL_OOM)
+            totals = self._queue_step(micro, step)
+            window.add(totals)
+            weights, moments = self.model.trainable_parameters(), self.optimizer.state
+            # The new weights and AdamW moments are named too: otherwise this step's update
+            # stays pending into the next step, and both steps' copies are alive at once.
+            mx.async_eval(totals, window.sums, self.bad_step[0], weights, moments)
+            if previous is not None:
+                mx.eval(previous[1])
+                self._complete = previous
+            # A reference (no copy) to this step's results; not for full fine-tuning, where holding
+            # them would keep a second copy of every weight and moment through the next update.
+            small = sum(v.size for _, v in tree_flatten(weights)) <= _NORM_IN_ONE_REDUCTION
+            return (step, totals, weights, tree_map(lambda a: a, moments)) if small else (step, totals, None, None)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            raise self._save_after_out_of_memory(err, step, previous, on_save) from None
+
+    def _save_after_out_of_memory(self, err: RuntimeError, step: int, previous: tuple | None,
+                                  on_save: Callable[[int], None]) -> OutOfMemory:
+        mx.clear_cache()
+        complete = getattr(self, "_complete", None)
+        if previous is not None:
+            try:
+                mx.eval(previous[1])  # the step before the failed one may well have finished
+                complete = previous
+            except RuntimeError:
+                pass
+        saved = None
+        if complete is not None and complete[2] is not None:
+            done, _, weights, moments = complete
+            self.model.update(weights)
+            self.optimizer.state = moments
+            self.state.step = done
+            try:
+                on_save(done)
+                saved = done
+            except RuntimeError:
+                pass
+        where = f"a checkpoint of step {saved} was saved" if saved else "no new checkpoint could be saved"
+        first = str(err).splitlines()[0][:160]
+        return OutOfMemory(f"out of memory at step {step} ({first}); {where}", saved)
+
     def _arrays(self, batch: Batch) -> dict:
         return batch_arrays(batch, self.select_positions)
 
@@ -439,14 +516,7 @@ class Trainer:
         with _deferred_interrupts() as stop:
             for step in range(start_step + 1, cfg.iters + 1):
                 micro = [next(batches) for _ in range(cfg.grad_accumulation)]
-                totals = self._queue_step(micro, step)
-                window.add(totals)
-                # The new weights and AdamW moments are named too: otherwise this step's update
-                # stays pending into the next step, and both steps' copies are alive at once.
-                mx.async_eval(totals, window.sums, self.bad_step[0], self.model.trainable_parameters(), self.optimizer.state)
-                if previous is not None:
-                    mx.eval(previous)  # the device is at most one step behind the host
-                previous = totals
+                previous = self._queue_and_wait(micro, step, window, previous, on_save)
                 self.state.step = step
                 progress.update(1)
                 if step % cfg.report_every == 0 or step == cfg.iters:

@@ -288,3 +288,30 @@ def test_an_impossible_limit_stops_before_loading_with_one_line(tmp_path):
     assert "trainer.batch_size=" in lines[0] and "lora.rank=" in lines[0] and "data.max_seq_length=" in lines[0]
     assert "GB" in lines[0]
     assert not list(tmp_path.rglob("*.safetensors"))  # nothing loaded, nothing written
+
+
+def test_out_of_memory_in_a_step_saves_a_resumable_checkpoint_and_ends_with_advice(tmp_path):
+    """MLX's own out-of-memory message raised when step 5 is queued (the test hook): the run
+    saves step 4, ends with one line of advice and exit 1, and `resume=` finishes it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from riscv_ft.trainer import FAIL_AT_STEP_ENV
+
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "riscv_ft.train", "experiment=smoke", "trainer.iters=8", "trainer.eval_every=0",
+            "trainer.save_every=0", "eval.enabled=false", "tracking.enabled=false", f"hydra.run.dir={run_dir}"]
+    failed = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, FAIL_AT_STEP_ENV: "5"})
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: out of memory at step 5") and "step 4 was saved" in line
+    assert "trainer.batch_size=1" in line and "lora.rank=" in line and "data.max_seq_length=" in line
+    assert [p.name for p in (run_dir / "checkpoints").glob("step-*")] == ["step-000004"]
+    resumed = subprocess.run([sys.executable, "-m", "riscv_ft.train", f"resume={run_dir}"], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 8
+    assert "Resuming" in (run_dir / "train.log").read_text()
