@@ -326,6 +326,8 @@ def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: flo
     limit = limit_gb if limit_gb is not None else configured_limit_gb(cfg)
     if limit is None:
         return cfg
+    if model_config(cfg.model)[1].startswith("assumed"):
+        return cfg  # no config.json to size the model by (loading reports why): nothing to plan with
     tried = []
     for changes in memory_candidates(cfg, explicit):
         candidate = _apply(cfg, changes)

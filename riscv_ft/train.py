@@ -37,13 +37,10 @@ def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool 
     `explicit`: the keys set on the command line, which the memory policy never changes (a
     resumed run keeps the settings its saved config holds)."""
     from riscv_ft.experiment import run_experiment
-    from riscv_ft.memory import plan_memory
 
     try:
         validate(cfg)
-        if not resume:  # before anything loads: the cheapest setting that fits trainer.memory_limit_gb
-            cfg = plan_memory(cfg, explicit)
-        metrics = run_experiment(cfg, run_dir, resume=resume)
+        metrics = run_experiment(cfg, run_dir, resume=resume, explicit=explicit)
     except (*USER_ERRORS, TrainingDiverged, MemoryError, RuntimeError) as err:
         message, code = _explain(err, cfg, run_dir)
         if in_sweep:  # recorded (MLflow run FAILED, log); the other jobs go on
