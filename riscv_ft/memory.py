@@ -300,7 +300,8 @@ def memory_candidates(cfg: DictConfig, explicit: set[str]) -> list[dict]:
             if every < layers or every == 1:
                 current = {**current, "trainer.grad_checkpoint": True, "trainer.grad_checkpoint_every": every}
                 ladder.append(current)
-    if not t.get("loss_chunk") and free("trainer.loss_chunk"):
+    # Compiled (the default), the chunked loss measured no saving in MLX 0.32: tried only uncompiled.
+    if not t.get("loss_chunk") and free("trainer.loss_chunk") and not t.get("compile", True):
         current = {**current, "trainer.loss_chunk": 256}
         ladder.append(current)
     if free("trainer.batch_size") and free("trainer.grad_accumulation"):
