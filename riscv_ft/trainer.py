@@ -278,6 +278,8 @@ class Trainer:
         if trainer_cfg.fuse_lora:
             fuse_lora_projections(model)
         self.optimizer.init(model.trainable_parameters())
+        trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+        self._keep_last_complete = trainable < 0.1 * sum(v.size for _, v in tree_flatten(model.parameters()))
         self.state = TrainState()
         self.best_weights: dict | None = None  # kept only for early stopping
         # The step whose gradients were first not finite (0: none yet). Once set, no later
@@ -393,10 +395,13 @@ class Trainer:
             if previous is not None:
                 mx.eval(previous[1])
                 self._complete = previous
-            # A reference (no copy) to this step's results; not for full fine-tuning, where holding
-            # them would keep a second copy of every weight and moment through the next update.
-            small = sum(v.size for _, v in tree_flatten(weights)) <= _NORM_IN_ONE_REDUCTION
-            return (step, totals, weights, tree_map(lambda a: a, moments)) if small else (step, totals, None, None)
+            # A reference (no copy) to this step's results, to go back to after an out-of-memory
+            # error; only when the trainable weights are a small part of the model (LoRA): for full
+            # fine-tuning it keeps a second copy of every weight and moment through the next update
+            # (tiny model, float32: peak 0.55 -> 0.84 GB).
+            if self._keep_last_complete:
+                return step, totals, weights, tree_map(lambda a: a, moments)
+            return step, totals, None, None
         except RuntimeError as err:
             if not is_out_of_memory(err):
                 raise
