@@ -1,7 +1,10 @@
 """How much memory a training configuration needs, estimated before anything is loaded.
 
-    estimate_memory_gb(cfg)  ->  {"weights_gb", "lora_gb", "activations_gb", "logits_gb",
+    estimate_memory_gb(cfg)  ->  {"weights_gb", "lora_gb", "update_gb", "activations_gb", "logits_gb",
                                    "overhead_gb", "total_gb", "model_config", ...}
+    plan_memory(cfg, explicit) the cheapest setting whose estimate fits trainer.memory_limit_gb
+                             (checkpointing every k-th then every block, the chunked loss when
+                             uncompiled, micro-batches); MemoryPlanError naming what to lower if none
     warn_if_too_big(cfg)     logs a warning naming the two changes that save the most, when the
                              estimate exceeds the memory this machine has available
 
@@ -12,8 +15,12 @@ known numbers of Mistral-7B-Instruct-v0.3. The parts:
 * weights: every parameter at the configured width; quantized layers (all linear layers and
   the embedding, as mlx-lm quantizes them) at `bits` plus a scale and a bias per group.
 * LoRA: the adapter parameters in float32 with their gradients and AdamW's two moments
-  (16 bytes each); full fine-tuning: gradients and moments for every weight.
-* activations: batch x seq x hidden x layers x factor, the factor counting what the backward
+  (16 bytes each, 20 with gradient accumulation's running sum; fuse_lora's block-diagonal B
+  counted whole); full fine-tuning: float32 weights and moments (adamw_update keeps float32),
+  gradients in the model's dtype.
+* update: the new weights and moments while the old ones are alive, 12 bytes per trainable value.
+* activations: of one micro-batch (the trainer evaluates each before the next):
+  batch x seq x hidden x layers x factor, the factor counting what the backward
   pass keeps per token and layer: 13 values per hidden unit, 6 per MLP unit and 1.5 per
   attention head and key (factor = 13 + 6 x intermediate/hidden + 1.5 x heads x seq/hidden).
   With gradient checkpointing each block keeps only its input, and while a block is
