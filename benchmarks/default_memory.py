@@ -1,18 +1,20 @@
-"""Peak memory of the default 7B run: loading (quantize-on-load, or the pre-quantized folder)
-plus training at the default config, measured with MLX's own counter.
+"""Peak memory of the default recipe on Mistral-7B's shape, each setting in a fresh process:
+no checkpointing, the automatic memory policy at a limit, full checkpointing, and loading
+with quantize-on-load, measured with MLX's own counter beside riscv_ft.memory's estimate.
 
-    python benchmarks/default_memory.py --folder /tmp/random-7b --iters 100   # on the GPU machine
+    python benchmarks/default_memory.py --folder /tmp/random-7b --iters 100 --limit 9   # on the GPU machine
+    python benchmarks/default_memory.py --tiny --iters 10                              # a CPU check
 
 Writes Mistral-7B's shape with random weights as a bf16 safetensors folder (the form of
-Mistral's own repo, 14.5 GB), then in one process for each of the two default ways of
-getting a 4-bit base:
-  on-load        model=mistral7b_4bit_on_load model.path=FOLDER: read lazily, quantized one
-                 matrix at a time
-  pre-quantized  that model saved 4-bit (the form of mlx-community's repo), loaded as
-                 model=mistral7b_4bit model.path=FOLDER-4bit
-records the peak while loading (and, pre-quantized, with gradient checkpointing), then trains the default recipe (LoRA r16 on all seven
-kinds, batch 4, the real data) for --iters steps plus one step on the four longest training
-samples (the widest batch an epoch has), and records the peak of loading + training.
+Mistral's own repo, 14.5 GB) and its 4-bit copy (FOLDER-4bit, the form of mlx-community's
+repo). Each setting then runs in its own process (`--one`), so no measurement carries an
+earlier one's memory: it loads the base, trains the default recipe (LoRA r16 on all seven
+kinds, batch 4, the real data) for --iters steps, then one step on the longest training
+samples (the widest batch an epoch has), and reports the peak while loading, the peak of
+training, answer tokens/s, and the estimate: for the configured max_seq_length (what the
+policy uses) and at the widest batch's width (what was measured). `--tiny` runs the same on
+the float32 tiny model (limit: 0.8x its estimate without checkpointing, unless --limit).
+Estimates are shown without the process overhead (0.5 GB), which MLX's counter does not see.
 The last line is JSON.
 """
 
@@ -23,29 +25,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from riscv_ft.runtime import use_fast_blas  # noqa: E402
+
+use_fast_blas()
+
 import argparse  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
 from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.pipeline import make_batch, prepare  # noqa: E402
-from riscv_ft.memory import MISTRAL_7B, estimate_memory_gb  # noqa: E402
+from riscv_ft.memory import MISTRAL_7B, estimate_memory_gb, plan_memory  # noqa: E402
 from riscv_ft.model import apply_adapters, load_base, tiny_model_dir  # noqa: E402
 from riscv_ft.trainer import Trainer  # noqa: E402
 
 SNAPSHOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "riscv-instruction-specification" / "train.jsonl"
 GB = 1e9
-EXTRA: list[str] = []  # --override
 
 
 # --small: the same script on a toy shape, to check it on a CPU.
 SMALL = {"hidden_size": 256, "num_hidden_layers": 2, "intermediate_size": 512, "num_attention_heads": 8,
          "num_key_value_heads": 2, "head_dim": 32}
-
-
 def write_random_bf16(folder: Path, small: bool) -> None:
     from mlx_lm.models.llama import Model, ModelArgs
 
@@ -72,9 +76,12 @@ def write_random_bf16(folder: Path, small: bool) -> None:
         shutil.copy(tiny_model_dir(compose(["model=tiny"]).model.tiny) / name, folder / name)
 
 
-def measure(overrides: list[str], iters: int, data_path: str) -> tuple[dict, object]:
-    cfg = compose([*overrides, *EXTRA, f"data.path={data_path}", "tracking.enabled=false", f"trainer.iters={iters}",
+def measure(overrides: list[str], iters: int, data_path: str, limit: float | None) -> dict:
+    """One setting, in this process: plan (with `limit`), load, train, the widest step."""
+    cfg = compose([*overrides, f"data.path={data_path}", "tracking.enabled=false", f"trainer.iters={iters}",
                    "trainer.eval_every=0", "trainer.save_every=0", "trainer.val_batches=1"])
+    if limit is not None:  # the run's own policy; keys on the command line are the user's
+        cfg = plan_memory(cfg, {o.split("=", 1)[0] for o in overrides}, limit_gb=limit)
     mx.clear_cache()
     mx.reset_peak_memory()
     loaded = load_base(cfg.model)
@@ -84,33 +91,49 @@ def measure(overrides: list[str], iters: int, data_path: str) -> tuple[dict, obj
     mx.random.seed(0)
     apply_adapters(loaded.model, cfg.lora)
     trainer = Trainer.for_run(loaded.model, cfg)
-    trainer.fit(data.samples["train"], data.samples["valid"], lambda s, m: None, lambda s: None)
+    result = trainer.fit(data.samples["train"], data.samples["valid"], lambda s, m: None, lambda s: None)
     longest = sorted(data.samples["train"], key=lambda s: len(s.tokens))[-cfg.trainer.batch_size:]
     widest = make_batch(longest, trainer.pad_to_multiple, min_width=trainer.min_width)
-    mx.eval(trainer._queue_step([widest], iters + 1))
+    micro = [widest] * cfg.trainer.grad_accumulation
+    mx.eval(trainer._queue_step(micro, iters + 1), loaded.model.trainable_parameters(), trainer.optimizer.state)
     train_peak = mx.get_peak_memory()  # fit resets the counter: this is training alone
-    result = {
-        "overrides": overrides, "weights_gb": round(weights / GB, 2), "load_peak_gb": round(load_peak / GB, 2),
-        "train_peak_gb": round(train_peak / GB, 2), "peak_gb": round(max(load_peak, train_peak) / GB, 2),
-        "widest_batch": list(widest.inputs.shape), "estimate_gb": estimate_memory_gb(cfg)["total_gb"],
+    width = int(widest.inputs.shape[1])
+    return {
+        "overrides": overrides, "plan": cfg.trainer.memory_plan, "weights_gb": round(weights / GB, 2),
+        "load_peak_gb": round(load_peak / GB, 2), "train_peak_gb": round(train_peak / GB, 2),
+        "peak_gb": round(max(load_peak, train_peak) / GB, 2), "widest_batch": list(widest.inputs.shape),
+        # MLX's counter sees arrays only: the estimate without its process overhead beside it
+        "estimate_gb": _mlx_part(estimate_memory_gb(cfg)),
+        "estimate_at_widest_gb": _mlx_part(estimate_memory_gb(_at_width(cfg, width))),
+        "answer_tokens_per_s": round(result["tokens_per_s"], 1),
+        "grad_checkpoint": cfg.trainer.grad_checkpoint, "batch_size": cfg.trainer.batch_size,
+        "grad_accumulation": cfg.trainer.grad_accumulation,
     }
-    print(json.dumps(result), flush=True)
-    return result, loaded
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--folder", default="/tmp/random-7b")
-    parser.add_argument("--iters", type=int, default=100)
-    parser.add_argument("--data", default=str(SNAPSHOT))
-    parser.add_argument("--small", action="store_true", help="a toy shape instead of Mistral-7B's (a CPU check of the script)")
-    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for every measurement, e.g. data.min_width=0")
-    args = parser.parse_args()
-    EXTRA.extend(args.override)
-    folder = Path(args.folder)
-    write_random_bf16(folder, args.small)
+def _mlx_part(estimate: dict) -> float:
+    return round(estimate["total_gb"] - estimate["overhead_gb"], 3)
 
-    on_load, loaded = measure(["model=mistral7b_4bit_on_load", f"model.path={folder}"], args.iters, args.data)
+
+def _at_width(cfg, width: int):
+    from omegaconf import OmegaConf
+
+    copy = cfg.copy()
+    OmegaConf.update(copy, "data.max_seq_length", width, merge=False)
+    return copy
+
+
+def in_fresh_process(overrides: list[str], args, limit: float | None) -> dict:
+    """measure() in a new Python process: its peak counter and allocator start empty."""
+    command = [sys.executable, __file__, "--one", json.dumps({"overrides": overrides, "limit": limit}),
+               "--iters", str(args.iters), "--data", args.data]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"overrides": overrides, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_quantized(folder: Path) -> Path:
     quantized = folder.with_name(folder.name + "-4bit")
     if not (quantized / "config.json").exists():
         from mlx_lm.utils import save_config, save_model
@@ -121,11 +144,53 @@ def main() -> None:
         save_config({**config, "quantization": {"group_size": 64, "bits": 4}}, quantized / "config.json")
         for name in ("tokenizer.model", "tokenizer_config.json"):
             shutil.copy(folder / name, quantized / name)
-        del model
-    del loaded
-    pre = measure(["model=mistral7b_4bit", f"model.path={quantized}"], args.iters, args.data)[0]
-    checkpointed = measure(["model=mistral7b_4bit", f"model.path={quantized}", "trainer.grad_checkpoint=true"], args.iters, args.data)[0]
-    print(json.dumps({"on_load": on_load, "pre_quantized": pre, "pre_quantized_grad_checkpoint": checkpointed}))
+    return quantized
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folder", default="/tmp/random-7b")
+    parser.add_argument("--iters", type=int, default=100)
+    parser.add_argument("--data", default=str(SNAPSHOT))
+    parser.add_argument("--limit", type=float, default=None, help="GB for the automatic policy (default 9.0; --tiny: 0.8x its estimate)")
+    parser.add_argument("--small", action="store_true", help="a toy shape instead of Mistral-7B's (a CPU check of the script)")
+    parser.add_argument("--tiny", action="store_true", help="the float32 tiny model, no 7B folder (a quick CPU check)")
+    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for every measurement, e.g. data.min_width=0")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one setting
+    args = parser.parse_args()
+    if args.one:
+        job = json.loads(args.one)
+        print(json.dumps(measure(job["overrides"], args.iters, args.data, job["limit"])), flush=True)
+        return
+    if args.tiny:
+        # the output layer at every position, as on a GPU (the estimate counts that)
+        base = ["model=tiny", "trainer.select_loss_positions=false", *args.override]
+        limit = args.limit or round(0.8 * estimate_memory_gb(compose(base))["total_gb"], 3)
+        on_load = None
+    else:
+        folder = Path(args.folder)
+        write_random_bf16(folder, args.small)
+        base = ["model=mistral7b_4bit", f"model.path={write_quantized(folder)}", *args.override]
+        limit = args.limit or 9.0
+        on_load = ["model=mistral7b_4bit_on_load", f"model.path={folder}", *args.override]
+    rows = {
+        "no_checkpointing": in_fresh_process(base, args, None),
+        "auto": in_fresh_process(base, args, limit),
+        "grad_checkpoint": in_fresh_process([*base, "trainer.grad_checkpoint=true"], args, None),
+    }
+    if on_load:
+        rows["on_load"] = in_fresh_process(on_load, args, None)
+    plain = rows["no_checkpointing"].get("answer_tokens_per_s")
+    print(f"{'setting':<17} {'load peak':>9} {'train peak':>10} {'estimate':>8} {'at widest':>9} {'tok/s':>7} {'speed':>6}  what ran")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:<17} failed: {r['error']}")
+            continue
+        speed = r["answer_tokens_per_s"] / plain if plain else float("nan")
+        what = r["plan"] if name == "auto" else f"checkpoint={r['grad_checkpoint']} batch {r['batch_size']}x{r['grad_accumulation']}"
+        print(f"{name:<17} {r['load_peak_gb']:>9.2f} {r['train_peak_gb']:>10.2f} {r['estimate_gb']:>8.2f} "
+              f"{r['estimate_at_widest_gb']:>9.2f} {r['answer_tokens_per_s']:>7.1f} {speed:>5.2f}x  {what}")
+    print(json.dumps({"limit_gb": limit, **rows}))
 
 
 if __name__ == "__main__":

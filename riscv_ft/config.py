@@ -164,6 +164,18 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     # Recompute each block's activations in the backward pass: less memory, ~30% slower.
     grad_checkpoint: bool = False
+    # With grad_checkpoint: recompute only every k-th block (blocks 0, k, 2k, ...); 1: all of them.
+    grad_checkpoint_every: int = 1
+    # Output layer and loss on this many positions at a time, each chunk recomputed in the
+    # backward pass: the float32 (positions x vocabulary) logits never exist whole. 0: one piece.
+    loss_chunk: int = 0
+    # What the run may use, in GB: auto (Metal's recommended working set or a CUDA GPU's
+    # memory less a margin, or a CPU's available RAM), off, or a number. Before loading, the
+    # run picks the cheapest setting whose estimate fits (riscv_ft.memory.plan_memory):
+    # checkpointing, then the chunked loss, then micro-batches; a key set on the command line wins.
+    memory_limit_gb: str = "auto"
+    # Written by the run: what the memory policy chose (not an input).
+    memory_plan: Optional[str] = None
     # Compile the training step with mx.compile.
     compile: bool = True
     # Run the q/k/v and the gate/up LoRA layers of llama/mistral blocks as one layer each
@@ -299,6 +311,9 @@ _RULES: list[tuple[str, Any, str]] = [
     ("trainer.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
     ("trainer.min_lr_ratio", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     ("trainer.grad_accumulation", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.grad_checkpoint_every", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.loss_chunk", lambda v: v >= 0, "an integer >= 0 (0: the whole loss at once)"),
+    ("trainer.memory_limit_gb", lambda v: str(v).lower() in ("auto", "off") or float(v) > 0, "auto, off or a number of GB > 0"),
     ("trainer.max_grad_norm", lambda v: v >= 0.0, "a number >= 0 (0 turns clipping off)"),
     ("trainer.report_every", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.eval_every", lambda v: v >= 0, "an integer >= 0"),
@@ -325,7 +340,7 @@ def validate(cfg: DictConfig) -> None:
             continue
         try:
             good = bool(ok(value))
-        except TypeError:
+        except (TypeError, ValueError):
             good = False
         if not good:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")

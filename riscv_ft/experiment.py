@@ -37,7 +37,7 @@ from riscv_ft.data.packing import packed_batches
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
 from riscv_ft.evaluate.model_eval import (answer_rows, compare_table, describe, evaluate_model, headline_metrics, load_user_prompts,
                                          select_rows, write_scored)
-from riscv_ft.memory import warn_if_too_big
+from riscv_ft.memory import plan_memory, warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
@@ -59,8 +59,9 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
-    """Train one run into run_dir; with resume=True, continue from its newest checkpoint."""
+def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explicit: frozenset[str] = frozenset()) -> dict:
+    """Train one run into run_dir; with resume=True, continue from its newest checkpoint.
+    `explicit`: the keys the user set, which the memory policy never changes."""
     started = time.perf_counter()
     main_process = distributed.is_main()  # only rank 0 writes files and the MLflow run
     if cfg.trainer.batch_size % distributed.world_size():
@@ -74,8 +75,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
             checkpoint = Checkpoint(None, int(state["step"]), state)
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-    if main_process and not resume:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.trainer.seed)
     if main_process:
         log.info("MLX %s on %s; BLAS: %s", mx.__version__, mx.default_device(), blas_in_use())
@@ -84,7 +83,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict
 
     rows = prepare_rows(cfg.data, cfg.trainer.seed)  # bad data fails before the model loads
     check_batch_size(rows[0]["train"], cfg.trainer.batch_size)
-    memory = warn_if_too_big(cfg)  # before loading: say which knobs help if it will not fit
+    if not resume:  # before loading: the cheapest setting that fits trainer.memory_limit_gb, saved with the config
+        cfg = plan_memory(cfg, explicit)
+        if main_process:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    memory = warn_if_too_big(cfg)  # say which knobs help if it will not fit
     loaded = load_base(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     data = prepare(cfg.data, tokenizer, cfg.trainer.seed, rows)

@@ -1,7 +1,10 @@
 """How much memory a training configuration needs, estimated before anything is loaded.
 
-    estimate_memory_gb(cfg)  ->  {"weights_gb", "lora_gb", "activations_gb", "logits_gb",
+    estimate_memory_gb(cfg)  ->  {"weights_gb", "lora_gb", "update_gb", "activations_gb", "logits_gb",
                                    "overhead_gb", "total_gb", "model_config", ...}
+    plan_memory(cfg, explicit) the cheapest setting whose estimate fits trainer.memory_limit_gb
+                             (checkpointing every k-th then every block, the chunked loss when
+                             uncompiled, micro-batches); MemoryPlanError naming what to lower if none
     warn_if_too_big(cfg)     logs a warning naming the two changes that save the most, when the
                              estimate exceeds the memory this machine has available
 
@@ -12,8 +15,12 @@ known numbers of Mistral-7B-Instruct-v0.3. The parts:
 * weights: every parameter at the configured width; quantized layers (all linear layers and
   the embedding, as mlx-lm quantizes them) at `bits` plus a scale and a bias per group.
 * LoRA: the adapter parameters in float32 with their gradients and AdamW's two moments
-  (16 bytes each); full fine-tuning: gradients and moments for every weight.
-* activations: batch x seq x hidden x layers x factor, the factor counting what the backward
+  (16 bytes each, 20 with gradient accumulation's running sum; fuse_lora's block-diagonal B
+  counted whole); full fine-tuning: float32 weights and moments (adamw_update keeps float32),
+  gradients in the model's dtype.
+* update: the new weights and moments while the old ones are alive, 12 bytes per trainable value.
+* activations: of one micro-batch (the trainer evaluates each before the next):
+  batch x seq x hidden x layers x factor, the factor counting what the backward
   pass keeps per token and layer: 13 values per hidden unit, 6 per MLP unit and 1.5 per
   attention head and key (factor = 13 + 6 x intermediate/hidden + 1.5 x heads x seq/hidden).
   With gradient checkpointing each block keeps only its input, and while a block is
@@ -38,6 +45,8 @@ import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from riscv_ft.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -145,32 +154,63 @@ def estimate_memory_gb(cfg: DictConfig) -> dict:
     else:
         weight_bytes = params * dtype_bytes
 
-    lora = cfg.lora
+    lora, trainer = cfg.lora, cfg.trainer
+    accumulation = trainer.get("grad_accumulation", 1)
     if lora.fine_tune_type == "full":
         trainable = params
-        train_bytes = params * dtype_bytes * 3  # gradients + two AdamW moments, same dtype as the weights
+        # adamw_update keeps float32 weights and moments whatever the model's dtype: the
+        # weights grow to 4 bytes from the first update on (counted here, not in weights_gb),
+        # the gradients stay in the model's dtype, plus an accumulator of them with accumulation.
+        weight_bytes = params * _BYTES["float32"]
+        train_bytes = params * (8 + dtype_bytes * (2 if accumulation > 1 else 1))
     else:
         adapted = layers if lora.num_layers == -1 else min(lora.num_layers, layers)
         per_block = sum(lora.rank * (shapes[k][0] + shapes[k][1]) for k in lora.targets if k in shapes)
         if lora.fine_tune_type == "dora":
             per_block += sum(shapes[k][1] for k in lora.targets if k in shapes)  # magnitude vectors
+        elif trainer.get("fuse_lora") and c.get("model_type", "mistral") in ("llama", "mistral"):
+            # fused q/k/v and gate/up: B is block-diagonal (parts x rank, sum of outs), its off-diagonal
+            # blocks zero but trained and kept in AdamW's moments; plus its constant mask.
+            for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+                fused = [k for k in group if k in lora.targets]
+                if len(fused) > 1:
+                    outs = sum(shapes[k][1] for k in fused)
+                    per_block += lora.rank * outs * (len(fused) - 1) * 1.25  # the mask: a quarter more
         trainable = adapted * per_block
-        train_bytes = trainable * 16  # float32 weight, gradient, two AdamW moments
+        # float32 weight, gradient, two AdamW moments; with accumulation a second gradient (the sum)
+        train_bytes = trainable * (16 + (4 if accumulation > 1 else 0))
 
-    batch, seq = cfg.trainer.batch_size, cfg.data.max_seq_length
+    # One micro-batch of batch_size rows: the trainer evaluates each before the next.
+    batch, seq = trainer.batch_size, cfg.data.max_seq_length
     tokens = batch * seq
     value_bytes = ACTIVATION_BYTES.get(str(cfg.model.dtype), 3.3)
     kept = KEPT_PER_HIDDEN * hidden + KEPT_PER_MLP * c["intermediate_size"] + KEPT_PER_HEAD_KEY * heads * seq
     per_layer = tokens * kept * value_bytes
-    if cfg.trainer.grad_checkpoint:
-        activation_bytes = layers * tokens * hidden * dtype_bytes + CHECKPOINT_BLOCKS * per_layer
+    if trainer.grad_checkpoint:
+        every = max(trainer.get("grad_checkpoint_every", 1), 1)
+        checkpointed = -(-layers // every)  # blocks 0, k, 2k, ...
+        recompute = CHECKPOINT_BLOCKS if checkpointed == layers else 1.0
+        activation_bytes = (checkpointed * tokens * hidden * dtype_bytes + (layers - checkpointed) * per_layer
+                            + recompute * per_layer)
     else:
         activation_bytes = layers * per_layer
-    logits_bytes = tokens * vocab * (dtype_bytes + 8)
+    chunk = trainer.get("loss_chunk", 0)
+    if chunk and chunk < tokens and not trainer.get("compile", True):
+        # Two chunks' float32 logits in flight (measured: MLX overlaps neighbours), plus the hidden
+        # rows. Compiled (MLX 0.32), the chunks measured no lower than the whole loss: not counted.
+        logits_bytes = 2 * chunk * vocab * (dtype_bytes + 8) + tokens * hidden * 4
+    else:
+        logits_bytes = tokens * vocab * (dtype_bytes + 8)
+
+    # The update writes new float32 weights and moments while the old ones are still alive (the
+    # compiled step's inputs): 12 bytes per trainable value. Measured on the tiny model in bf16,
+    # full fine-tuning: it overlaps the end of the backward pass, so it adds to the activations.
+    update_bytes = trainable * 12
 
     parts = {
         "weights_gb": weight_bytes / GB,
         "lora_gb": train_bytes / GB,
+        "update_gb": update_bytes / GB,
         "activations_gb": activation_bytes / GB,
         "logits_gb": logits_bytes / GB,
         "overhead_gb": OVERHEAD_GB,
@@ -210,10 +250,122 @@ def machine_memory_gb() -> dict:
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
+LIMIT_MARGIN = 0.9  # of Metal's working set or a GPU's total: room for the system, other processes, fragmentation
+
+
 def memory_limit_gb() -> float | None:
-    """What a run may use here: the GPU working set on Apple silicon, else available memory."""
+    """What a run may use here: Metal's recommended working set less a margin on Apple silicon;
+    on CUDA the GPU's free memory if MLX reports it, else its total less a margin; on a CPU the
+    available RAM."""
     m = machine_memory_gb()
-    return m.get("gpu_working_set_gb") or m["available_gb"] or m["total_gb"]
+    if m.get("gpu_working_set_gb"):
+        return round(m["gpu_working_set_gb"] * LIMIT_MARGIN, 2)
+    try:
+        import mlx.core as mx
+
+        if mx.cuda.is_available():
+            info = mx.device_info()
+            free = next((v for k, v in info.items() if "free" in k and "memory" in k), None)
+            total = info.get("memory_size") or info.get("total_memory")
+            if free or total:
+                return round(free / GB if free else total * LIMIT_MARGIN / GB, 2)
+    except Exception:  # noqa: BLE001 - an MLX without CUDA or without device_info
+        pass
+    return m["available_gb"] or m["total_gb"]
+
+
+class MemoryPlanError(ConfigError):
+    """No setting the policy may choose fits trainer.memory_limit_gb."""
+
+
+def configured_limit_gb(cfg: DictConfig) -> float | None:
+    """trainer.memory_limit_gb as a number: auto -> memory_limit_gb(); off -> None."""
+    value = str(cfg.trainer.get("memory_limit_gb", "auto")).strip().lower()
+    if value == "auto":
+        return memory_limit_gb()
+    if value in ("off", "none", "null"):
+        return None
+    return float(value)
+
+
+def _setting(changes: dict) -> str:
+    return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changes.items())
+
+
+def memory_candidates(cfg: DictConfig, explicit: set[str]) -> list[dict]:
+    """The settings the policy tries, cheapest first (each a dict of changed keys, cumulative):
+    as configured; gradient checkpointing of every 4th, every 2nd, then every block; the
+    chunked loss; micro-batches (batch halved, accumulation doubled: same effective batch).
+    A key the user set (`explicit`) is never changed."""
+    t = cfg.trainer
+    free = lambda key: key not in explicit  # noqa: E731
+    ladder: list[dict] = [{}]
+    current: dict = {}
+    if not t.grad_checkpoint and free("trainer.grad_checkpoint"):
+        layers = model_config(cfg.model)[0]["num_hidden_layers"]
+        for every in ((4, 2, 1) if free("trainer.grad_checkpoint_every") else (t.grad_checkpoint_every,)):
+            if every < layers or every == 1:
+                current = {**current, "trainer.grad_checkpoint": True, "trainer.grad_checkpoint_every": every}
+                ladder.append(current)
+    # Compiled (the default), the chunked loss measured no saving in MLX 0.32: tried only uncompiled.
+    if not t.get("loss_chunk") and free("trainer.loss_chunk") and not t.get("compile", True):
+        current = {**current, "trainer.loss_chunk": 256}
+        ladder.append(current)
+    if free("trainer.batch_size") and free("trainer.grad_accumulation"):
+        batch, acc = t.batch_size, t.grad_accumulation
+        while batch > 1 and batch % 2 == 0:
+            batch, acc = batch // 2, acc * 2
+            current = {**current, "trainer.batch_size": batch, "trainer.grad_accumulation": acc}
+            ladder.append(current)
+    return ladder
+
+
+def _apply(cfg: DictConfig, changes: dict) -> DictConfig:
+    copy = cfg.copy()
+    for key, value in changes.items():
+        OmegaConf.update(copy, key, value, merge=False)
+    return copy
+
+
+def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: float | None = None) -> DictConfig:
+    """The cheapest setting whose estimate fits the limit (trainer.memory_limit_gb, or
+    `limit_gb`), logged in one line and written into the returned config (the changed keys
+    and trainer.memory_plan). Raises MemoryPlanError naming what to lower when none fits."""
+    limit = limit_gb if limit_gb is not None else configured_limit_gb(cfg)
+    if limit is None:
+        return cfg
+    if model_config(cfg.model)[1].startswith("assumed"):
+        return cfg  # no config.json to size the model by (loading reports why): nothing to plan with
+    tried = []
+    for changes in memory_candidates(cfg, explicit):
+        candidate = _apply(cfg, changes)
+        need = estimate_memory_gb(candidate)["total_gb"]
+        tried.append((changes, candidate, need))
+        if need <= limit:
+            what = _setting(changes) or "as configured"
+            note = f"{what} (estimate {need:.2f} GB of {limit:.2f} GB)"
+            log.info("memory: %s", note)
+            OmegaConf.update(candidate, "trainer.memory_plan", note, merge=False)
+            return candidate
+    changes, lowest, need = tried[-1]
+    raise MemoryPlanError(
+        f"this run needs about {need:.2f} GB{' with ' + _setting(changes) if changes else ''} but trainer.memory_limit_gb "
+        f"allows {limit:.3g} GB; lower " + ", ".join(f"{k}={v} ({gb:.2f} GB)" for k, v, gb in lower_options(lowest)))
+
+
+def lower_options(cfg: DictConfig) -> list[tuple[str, object, float]]:
+    """(key, smaller value, estimate with it) for the batch size, the LoRA rank and the longest sample."""
+    t = cfg.trainer
+    options = [("trainer.batch_size", 1)]
+    if cfg.lora.fine_tune_type != "full":
+        options.append(("lora.rank", max(cfg.lora.rank // 2, 1)))
+    options.append(("data.max_seq_length", max(cfg.data.max_seq_length // 2, 8)))
+    return [(k, v, estimate_memory_gb(_changed(cfg, k, v))["total_gb"]) for k, v in options if OmegaConf.select(cfg, k) != v]
+
+
+def oom_advice(cfg: DictConfig) -> str:
+    """The one line an out-of-memory failure ends with: what to lower and the estimate for each."""
+    return "lower " + ", ".join(f"{k}={v} (estimate {gb:.2f} GB)" for k, v, gb in lower_options(cfg))
 
 
 def _changed(cfg: DictConfig, key: str, value) -> DictConfig:
@@ -244,7 +396,7 @@ def warn_if_too_big(cfg: DictConfig, limit_gb: float | None = None) -> dict:
     log a warning that names the two changes saving the most. Returns the estimate with
     `limit_gb` and `too_big` added."""
     estimate = estimate_memory_gb(cfg)
-    limit = limit_gb if limit_gb is not None else memory_limit_gb()
+    limit = limit_gb if limit_gb is not None else configured_limit_gb(cfg)
     estimate["limit_gb"] = limit
     estimate["too_big"] = bool(limit and estimate["total_gb"] > limit)
     if estimate["too_big"]:

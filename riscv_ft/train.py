@@ -26,20 +26,23 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from riscv_ft import distributed  # noqa: E402
 from riscv_ft.cli import CONF_DIR, USER_ERRORS, fail, preflight  # noqa: E402
 from riscv_ft.config import ConfigError, TrainConfig, validate  # noqa: E402
-from riscv_ft.trainer import TrainingDiverged  # noqa: E402
+from riscv_ft.trainer import OutOfMemory, TrainingDiverged, is_out_of_memory  # noqa: E402
 
 log = logging.getLogger("riscv_ft")
 
 
-def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool = False) -> float | None:
-    """Run one training job; user errors become one line (exit 2), or a failed job in a sweep."""
+def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool = False,
+                   explicit: frozenset[str] = frozenset()) -> float | None:
+    """Run one training job; user errors become one line (exit 2), or a failed job in a sweep.
+    `explicit`: the keys set on the command line, which the memory policy never changes (a
+    resumed run keeps the settings its saved config holds)."""
     from riscv_ft.experiment import run_experiment
 
     try:
         validate(cfg)
-        metrics = run_experiment(cfg, run_dir, resume=resume)
+        metrics = run_experiment(cfg, run_dir, resume=resume, explicit=explicit)
     except (*USER_ERRORS, TrainingDiverged, MemoryError, RuntimeError) as err:
-        message, code = _explain(err)
+        message, code = _explain(err, cfg, run_dir)
         if in_sweep:  # recorded (MLflow run FAILED, log); the other jobs go on
             log.error("job failed: %s", message)
             return None
@@ -48,25 +51,27 @@ def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool 
     return metrics.get("val_loss")  # the value a sweeper minimizes
 
 
-def _explain(err: Exception) -> tuple[str, int]:
+def _explain(err: Exception, cfg: DictConfig, run_dir: Path) -> tuple[str, int]:
+    from riscv_ft.memory import oom_advice
+
     if isinstance(err, USER_ERRORS):
         return str(err), 2
     if isinstance(err, TrainingDiverged):
         return str(err), 1
+    if isinstance(err, OutOfMemory):  # the trainer saved the last complete step
+        resume = f" (resume={run_dir})" if err.saved_step else ""
+        return f"{err}{resume}; {oom_advice(cfg)}", 1
     text = str(err)
-    if isinstance(err, MemoryError) or "alloc" in text.lower() or "out of memory" in text.lower():
-        return (
-            f"out of memory ({text.splitlines()[0][:200] if text else 'MemoryError'}); the last checkpoint is kept. "
-            "Try a smaller trainer.batch_size (with trainer.grad_accumulation to keep the effective batch), "
-            "a smaller lora.rank, or trainer.grad_checkpoint=true", 1,
-        )
+    if is_out_of_memory(err):
+        return f"out of memory ({text.splitlines()[0][:200] if text else 'MemoryError'}); the last checkpoint is kept; {oom_advice(cfg)}", 1
     raise err
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    return run_and_report(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+    explicit = frozenset(o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task)
+    return run_and_report(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN, explicit=explicit)
 
 
 def _resume_problem(argument: str, run_dir: Path) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -44,7 +45,7 @@ class TrainingDiverged(RuntimeError):
 
 def masked_loss(
     model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, positions: mx.array | None = None,
-    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None,
+    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None, loss_chunk: int = 0,
 ):
     """Summed cross-entropy over the tokens the mask keeps, and how many it keeps.
 
@@ -59,7 +60,18 @@ def masked_loss(
     `segment_ids` and `rope_positions` (packed rows, see riscv_ft.data.packing) keep each
     sample's attention within the sample and restart its rotary positions at 0, so every
     sample's loss is its unpacked loss.
+
+    `loss_chunk` > 0 (trainer.loss_chunk): the output layer and the loss run on that many
+    positions at a time, each chunk recomputed in the backward pass, so the float32
+    (positions x vocabulary) logits and their gradient never exist whole (llama/mistral).
     """
+    head = _output_layer(model) if loss_chunk > 0 else None
+    if head is not None:
+        hidden = _hidden_at(model, inputs, positions, segment_ids, rope_positions)
+        targets, mask = targets.reshape(-1), mask.reshape(-1)
+        if positions is not None:
+            targets, mask = targets[positions], mask[positions]
+        return _chunked_cross_entropy(head, hidden, targets, mask, loss_chunk), mask.sum()
     if positions is None and segment_ids is None:
         logits = model(inputs)
     else:
@@ -79,22 +91,53 @@ def _logits_at(
     (positions, vocab): the transformer runs on every position, the output layer on the
     selected ones (mlx-lm's llama/mistral models; any other model computes all logits and
     keeps the selected rows). Packed rows (`segment_ids`) need a llama/mistral model."""
-    body = getattr(model, "model", None)
-    if getattr(model, "model_type", None) in ("llama", "mistral") and body is not None:
-        if segment_ids is None:
-            hidden = body(inputs)
-        else:
-            hidden = packed_hidden(body, inputs, segment_ids, rope_positions)
-        hidden = hidden.reshape(-1, hidden.shape[-1])
-        if positions is not None:
-            hidden = hidden[positions]
-        head = getattr(model, "lm_head", None)
-        return head(hidden) if head is not None else body.embed_tokens.as_linear(hidden)
+    head = _output_layer(model)
+    if head is not None:
+        return head[1](_hidden_at(model, inputs, positions, segment_ids, rope_positions))
     if segment_ids is not None:
         raise ValueError(packing_problem(model))
     logits = model(inputs)
     logits = logits.reshape(-1, logits.shape[-1])
     return logits if positions is None else logits[positions]
+
+
+def _output_layer(model: nn.Module) -> tuple[nn.Module, Callable] | None:
+    """(module holding the output weights, hidden -> logits) of an mlx-lm llama/mistral model
+    (the tied embedding's as_linear when there is no lm_head); None for other models."""
+    body = getattr(model, "model", None)
+    if getattr(model, "model_type", None) not in ("llama", "mistral") or body is None:
+        return None
+    head = getattr(model, "lm_head", None)
+    return (head, head) if head is not None else (body.embed_tokens, body.embed_tokens.as_linear)
+
+
+def _hidden_at(model: nn.Module, inputs: mx.array, positions: mx.array | None,
+               segment_ids: mx.array | None = None, rope_positions: mx.array | None = None) -> mx.array:
+    """The last hidden states of a llama/mistral model at flat `positions` (all when None): (positions, hidden)."""
+    body = model.model
+    hidden = body(inputs) if segment_ids is None else packed_hidden(body, inputs, segment_ids, rope_positions)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    return hidden if positions is None else hidden[positions]
+
+
+def _chunked_cross_entropy(head: tuple[nn.Module, Callable], hidden: mx.array, targets: mx.array, mask: mx.array,
+                           chunk: int) -> mx.array:
+    """Summed masked cross-entropy of head(hidden), `chunk` rows at a time. Each chunk is an
+    mx.checkpoint: the backward pass keeps only its hidden rows and recomputes its logits."""
+    module, apply_head = head
+
+    def chunk_loss(params, h, t, m):
+        module.update(params)  # the head's trainable weights (full fine-tuning) get their gradient
+        t, m = mx.stop_gradient(t), mx.stop_gradient(m)  # the checkpoint differentiates every input; indices have no VJP
+        return (_cross_entropy(apply_head(h).astype(mx.float32), t) * m).sum()
+
+    checkpointed = mx.checkpoint(chunk_loss)
+    params = module.trainable_parameters()
+    total = mx.array(0.0)
+    for start in range(0, hidden.shape[0], chunk):
+        end = start + chunk
+        total = total + checkpointed(params, hidden[start:end], targets[start:end], mask[start:end])
+    return total
 
 
 def _cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
@@ -141,14 +184,15 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
-def enable_grad_checkpoint(model: nn.Module) -> None:
-    """Recompute each transformer block's activations in the backward pass.
+def enable_grad_checkpoint(model: nn.Module, every: int = 1) -> None:
+    """Recompute each transformer block's activations in the backward pass (with `every` = k,
+    only every k-th block's: blocks 0, k, 2k, ...; the others keep theirs).
 
     mlx-lm's `grad_checkpoint` patches the block *class*, which leaks into every later run
     in the same process (Hydra multirun) and nests on a second call. Here each block gets
     its own subclass, so nothing outlives the model.
     """
-    for layer in model.layers:
+    for layer in model.layers[:: max(every, 1)]:
         base = type(layer)
         if getattr(base, "_riscv_ft_checkpointed", False):
             continue
@@ -161,6 +205,28 @@ def enable_grad_checkpoint(model: nn.Module) -> None:
             return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
 
         layer.__class__ = type(base.__name__, (base,), {"__call__": checkpointed_call, "_riscv_ft_checkpointed": True})
+
+
+class OutOfMemory(RuntimeError):
+    """MLX could not allocate memory in a training step; the last complete step was saved
+    (`saved_step`, None when no checkpoint could be written)."""
+
+    def __init__(self, message: str, saved_step: int | None):
+        super().__init__(message)
+        self.saved_step = saved_step
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """MLX's allocation failures are RuntimeErrors: "[metal::malloc] Attempting to allocate ...",
+    "[cuda] out of memory", "[malloc] Unable to allocate ..."."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and ("alloc" in text or "out of memory" in text))
+
+
+# Tests only: raise MLX's own out-of-memory message when this optimizer step is queued.
+FAIL_AT_STEP_ENV = "RISCV_FT_TEST_OOM_AT_STEP"
+_METAL_OOM = ("[metal::malloc] Attempting to allocate 17179869184 bytes which is greater than the maximum allowed "
+              "buffer size of 12884901888 bytes.")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -212,13 +278,19 @@ class Trainer:
         if trainer_cfg.fuse_lora:
             fuse_lora_projections(model)
         self.optimizer.init(model.trainable_parameters())
+        trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+        self._keep_last_complete = trainable < 0.1 * sum(v.size for _, v in tree_flatten(model.parameters()))
         self.state = TrainState()
         self.best_weights: dict | None = None  # kept only for early stopping
         # The step whose gradients were first not finite (0: none yet). Once set, no later
         # update is applied, so the weights stay those of the step before it.
         self.bad_step = [mx.array(0, dtype=mx.int32)]
         if trainer_cfg.grad_checkpoint:
-            enable_grad_checkpoint(model)
+            enable_grad_checkpoint(model, trainer_cfg.get("grad_checkpoint_every", 1))
+        loss_chunk = trainer_cfg.get("loss_chunk", 0)
+        self._eval_loss = partial(masked_loss, loss_chunk=loss_chunk) if loss_chunk else masked_loss
+        if loss_chunk and loss_fn is masked_loss:
+            loss_fn = self._eval_loss
         self._build_steps(loss_fn)
 
     @classmethod
@@ -262,20 +334,27 @@ class Trainer:
             bad_step[0] = mx.where(ok | (bad_step[0] > 0), bad_step[0], step)
             return totals
 
+        def accumulate_step(sums, batch):
+            """sums = (loss sum, answer tokens, gradients) of the micro-batches before this one."""
+            loss_sum, ntok, grads = grad_step(batch)
+            return sums[0] + loss_sum, sums[1] + ntok, tree_map(mx.add, sums[2], grads)
+
         def train_step(batch, local_counts, step):  # one micro-batch per optimizer step
             loss_sum, ntok, grads = grad_step(batch)
             return apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), local_counts]), step)
 
         def eval_step(batch):
-            return masked_loss(model, **batch)
+            return self._eval_loss(model, **batch)
 
         # Compiled functions belong to this Trainer, so a new run (or sweep job) never
         # reuses a graph traced for another model.
         if cfg.compile:
             compiled = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
+            accumulate_step = compiled(accumulate_step)
             grad_step, apply_step, train_step = compiled(grad_step), compiled(apply_step), compiled(train_step)
             eval_step = partial(mx.compile, inputs=compiled_state)(eval_step)
         self._grad_step, self._apply_step, self._train_step, self._eval_step = grad_step, apply_step, train_step, eval_step
+        self._accumulate_step = accumulate_step
 
     def _queue_step(self, micro: list[Batch], step: int) -> mx.array:
         """Build optimizer step `step` on the device and return its summed
@@ -286,12 +365,72 @@ class Trainer:
         step_array = mx.array(step, dtype=mx.int32)
         if len(micro) == 1:
             return self._train_step(self._arrays(micro[0]), counts, step_array)
-        loss_sum, ntok, grads = mx.array(0.0), mx.array(0.0), None
-        for batch in micro:
-            ls, nt, g = self._grad_step(self._arrays(batch))
-            loss_sum, ntok = loss_sum + ls, ntok + nt
-            grads = g if grads is None else tree_map(mx.add, grads, g)
+        # Each micro-batch's sums are evaluated before the next one's graph is built on them:
+        # queued together, every micro-batch's activations were alive at once (acc=8 peaked
+        # at 4.7x acc=1 on the tiny model), and accumulation saved no memory.
+        sums = self._grad_step(self._arrays(micro[0]))
+        for batch in micro[1:]:
+            mx.eval(sums)
+            sums = self._accumulate_step(sums, self._arrays(batch))
+        loss_sum, ntok, grads = sums
         return self._apply_step(grads, mx.concatenate([mx.stack([loss_sum, ntok]), counts]), step_array)
+
+    def _queue_and_wait(self, micro: list[Batch], step: int, window: "_Window", previous: tuple | None,
+                        on_save: Callable[[int], None]) -> tuple:
+        """Queue optimizer step `step`, then wait for the step before it (the device is at most one
+        step behind the host). Returns what the next call waits for: (step, totals, weights, AdamW
+        state), the last two kept only when small (LoRA) to go back to after an out-of-memory error.
+
+        MLX's out-of-memory error: the weights and moments go back to the last step known complete,
+        on_save saves it (resumable), and OutOfMemory is raised."""
+        try:
+            if os.environ.get(FAIL_AT_STEP_ENV) == str(step):
+                raise RuntimeError(_METAL_OOM)
+            totals = self._queue_step(micro, step)
+            window.add(totals)
+            weights, moments = self.model.trainable_parameters(), self.optimizer.state
+            # The new weights and AdamW moments are named too: otherwise this step's update
+            # stays pending into the next step, and both steps' copies are alive at once.
+            mx.async_eval(totals, window.sums, self.bad_step[0], weights, moments)
+            if previous is not None:
+                mx.eval(previous[1])
+                self._complete = previous
+            # A reference (no copy) to this step's results, to go back to after an out-of-memory
+            # error; only when the trainable weights are a small part of the model (LoRA): for full
+            # fine-tuning it keeps a second copy of every weight and moment through the next update
+            # (tiny model, float32: peak 0.55 -> 0.84 GB).
+            if self._keep_last_complete:
+                return step, totals, weights, tree_map(lambda a: a, moments)
+            return step, totals, None, None
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            raise self._save_after_out_of_memory(err, step, previous, on_save) from None
+
+    def _save_after_out_of_memory(self, err: RuntimeError, step: int, previous: tuple | None,
+                                  on_save: Callable[[int], None]) -> OutOfMemory:
+        mx.clear_cache()
+        complete = getattr(self, "_complete", None)
+        if previous is not None:
+            try:
+                mx.eval(previous[1])  # the step before the failed one may well have finished
+                complete = previous
+            except RuntimeError:
+                pass
+        saved = None
+        if complete is not None and complete[2] is not None:
+            done, _, weights, moments = complete
+            self.model.update(weights)
+            self.optimizer.state = moments
+            self.state.step = done
+            try:
+                on_save(done)
+                saved = done
+            except RuntimeError:
+                pass
+        where = f"a checkpoint of step {saved} was saved" if saved else "no new checkpoint could be saved"
+        first = str(err).splitlines()[0][:160]
+        return OutOfMemory(f"out of memory at step {step} ({first}); {where}", saved)
 
     def _arrays(self, batch: Batch) -> dict:
         return batch_arrays(batch, self.select_positions)
@@ -382,12 +521,7 @@ class Trainer:
         with _deferred_interrupts() as stop:
             for step in range(start_step + 1, cfg.iters + 1):
                 micro = [next(batches) for _ in range(cfg.grad_accumulation)]
-                totals = self._queue_step(micro, step)
-                window.add(totals)
-                mx.async_eval(totals, window.sums, self.bad_step[0])
-                if previous is not None:
-                    mx.eval(previous)  # the device is at most one step behind the host
-                previous = totals
+                previous = self._queue_and_wait(micro, step, window, previous, on_save)
                 self.state.step = step
                 progress.update(1)
                 if step % cfg.report_every == 0 or step == cfg.iters:
