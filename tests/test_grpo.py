@@ -176,3 +176,50 @@ def test_grpo_raises_the_mean_reward_of_a_toy_task_on_the_tiny_model():
     assert len(history) == 30
     assert last > first + 0.04
     assert after > before + 0.05
+
+
+def _largest_difference(a_dir, b_dir) -> float:
+    a = mx.load(str(a_dir / "adapters" / "adapters.safetensors"))
+    b = mx.load(str(b_dir / "adapters" / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    return max(float(mx.abs(a[k] - b[k]).max()) for k in a)
+
+
+@pytest.mark.slow
+def test_grpo_from_sft_adapters_stopped_with_ctrl_c_resumes_exactly(tmp_path, smoke_run):
+    # From the SFT smoke run's adapters (rank 8): the KL term moves them even though the tiny
+    # model earns no reward, and the sampled answers depend on them, so only an exact resume
+    # (same prompts, same samples, same optimizer state) ends with the same adapters.
+    run = ["experiment=smoke", "trainer.objective=grpo", "lora.rank=8", f"grpo.init_adapters={smoke_run / 'adapters'}",
+           "trainer.iters=8", "trainer.save_every=0", "trainer.eval_every=0", "trainer.report_every=1",
+           "grpo.group_size=4", "grpo.prompts_per_step=2", "grpo.max_tokens=6", "grpo.beta=0.5", "grpo.synthetic_prompts=16",
+           "grpo.samples_every=2", "eval.num_rows=1", "eval.max_tokens=2", "eval.print_samples=0", "tracking.enabled=false"]
+    left_alone = tmp_path / "left_alone"
+    result = run_train(*run, f"hydra.run.dir={left_alone}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    start = mx.load(str(smoke_run / "adapters" / "adapters.safetensors"))
+    end = mx.load(str(left_alone / "adapters" / "adapters.safetensors"))
+    assert max(float(mx.abs(start[k] - end[k]).max()) for k in start) > 0  # GRPO did change the adapters
+    history = [json.loads(line) for line in (left_alone / "history.jsonl").read_text().splitlines()]
+    assert {"reward_mean", "functional_fraction", "kl", "answer_length", "train_loss"} <= set(history[0])
+    assert history[0]["kl"] > 0
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "riscv_ft.train", *run, f"hydra.run.dir={stopped}"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while "step 3/8" not in ((stopped / "train.log").read_text() if (stopped / "train.log").exists() else ""):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before step 3"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, proc.stderr.read()[-2000:]
+    step = latest_checkpoint(stopped / "checkpoints").step
+    assert 3 <= step < 8
+
+    resumed = run_train(f"resume={stopped}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    largest = _largest_difference(left_alone, stopped)
+    print(f"stopped at step {step}, resumed: largest adapter difference {largest}")
+    assert largest == 0.0
+    # The samples file holds each sampled step once, as the run left alone wrote it.
+    assert (stopped / "grpo_samples.jsonl").read_text() == (left_alone / "grpo_samples.jsonl").read_text()
