@@ -299,7 +299,8 @@ class GrpoTrainer(Trainer):
         encoded = [tokenizer.encode(prompt_text(p["description"], tokenizer, self.prompt_format),
                                     add_special_tokens=self.prompt_format != "chat") for p in prompts]
         repeated = [ids for ids in encoded for _ in range(g.group_size)]
-        mx.random.seed(step_seed(self.cfg.seed, step))
+        # Each process draws its own samples; with one process this is the step's own seed.
+        mx.random.seed(step_seed(self.cfg.seed, step) * distributed.world_size() + distributed.rank())
         self.model.eval()
         answers = sample_answers(self.model, tokenizer, repeated, g.max_tokens, g.temperature, g.top_p)
         self.model.train()

@@ -223,3 +223,17 @@ def test_grpo_from_sft_adapters_stopped_with_ctrl_c_resumes_exactly(tmp_path, sm
     assert largest == 0.0
     # The samples file holds each sampled step once, as the run left alone wrote it.
     assert (stopped / "grpo_samples.jsonl").read_text() == (left_alone / "grpo_samples.jsonl").read_text()
+
+
+def test_init_adapters_that_do_not_fit_fail_in_one_line(tiny, tmp_path):
+    cfg, model, _, lora_meta = tiny
+    from riscv_ft.grpo import load_init_adapters
+    from riscv_ft.model import save_adapters
+
+    with pytest.raises(ConfigError, match="no adapters.safetensors and adapter_config.json there"):
+        load_init_adapters(model, str(tmp_path / "nothing"), lora_meta)
+    save_adapters(model, tmp_path / "rank8", "tiny", cfg.lora, lora_meta)
+    other = {**lora_meta, "lora_parameters": {**lora_meta["lora_parameters"], "rank": 16}}
+    with pytest.raises(ConfigError, match="its lora rank is 8, this run's is 16"):
+        load_init_adapters(model, str(tmp_path / "rank8"), other)
+    load_init_adapters(model, str(tmp_path / "rank8"), lora_meta)  # the same shape loads
