@@ -407,12 +407,18 @@ class GrpoTrainer(Trainer):
 
     def _add(self, window: dict, rows: list[dict], totals: mx.array, sample_seconds: float) -> None:
         loss_sum, ntok, kl_sum, clipped = totals.tolist()
+        groups: dict[int, set] = {}
+        for r in rows:
+            groups.setdefault(r["group"], set()).add(r["reward"])
+        # A group whose answers all earn the same reward has zero advantages: it teaches nothing
+        # but the KL term (a base that never earns a reward never learns).
         local = [sum(r["reward"] for r in rows), sum(bool(r.get("functional")) for r in rows),
                  sum(bool(r.get("assembles")) for r in rows), len(rows), sum(len(r["answer_tokens"]) for r in rows),
-                 sum(r["stopped"] for r in rows)]
+                 sum(r["stopped"] for r in rows), sum(len(v) > 1 for v in groups.values()), len(groups)]
         # Rewards are per process; the loss sums were already summed over processes.
         rewards = distributed.all_sum(mx.array(local, dtype=mx.float32)).tolist()
-        for key, value in zip(("reward", "functional", "assembles", "answers", "tokens", "stopped", "loss", "ntok", "kl",
+        for key, value in zip(("reward", "functional", "assembles", "answers", "tokens", "stopped", "informative", "groups",
+                               "loss", "ntok", "kl",
                                "clipped", "sample_s", "steps"),
                               [*rewards, loss_sum, ntok, kl_sum, clipped, sample_seconds, 1]):
             window[key] = window.get(key, 0.0) + value
@@ -422,7 +428,8 @@ class GrpoTrainer(Trainer):
         answers, ntok = max(window["answers"], 1.0), max(window["ntok"], 1.0)
         return {"reward_mean": window["reward"] / answers, "functional_fraction": window["functional"] / answers,
                 "assembles_fraction": window["assembles"] / answers, "answer_length": window["tokens"] / answers,
-                "stopped_fraction": window["stopped"] / answers, "train_loss": window["loss"] / ntok, "kl": window["kl"] / ntok,
+                "stopped_fraction": window["stopped"] / answers,
+                "informative_groups": window["informative"] / max(window["groups"], 1.0), "train_loss": window["loss"] / ntok, "kl": window["kl"] / ntok,
                 "clip_fraction": window["clipped"] / ntok, "seconds_per_step": seconds / window["steps"],
                 "sampling_share": window["sample_s"] / max(seconds, 1e-9)}
 

@@ -201,7 +201,7 @@ def test_grpo_from_sft_adapters_stopped_with_ctrl_c_resumes_exactly(tmp_path, sm
     end = mx.load(str(left_alone / "adapters" / "adapters.safetensors"))
     assert max(float(mx.abs(start[k] - end[k]).max()) for k in start) > 0  # GRPO did change the adapters
     history = [json.loads(line) for line in (left_alone / "history.jsonl").read_text().splitlines()]
-    assert {"reward_mean", "functional_fraction", "kl", "answer_length", "train_loss"} <= set(history[0])
+    assert {"reward_mean", "functional_fraction", "kl", "answer_length", "train_loss", "informative_groups"} <= set(history[0])
     assert history[0]["kl"] > 0
 
     stopped = tmp_path / "stopped"
@@ -237,3 +237,26 @@ def test_init_adapters_that_do_not_fit_fail_in_one_line(tiny, tmp_path):
     with pytest.raises(ConfigError, match="its lora rank is 8, this run's is 16"):
         load_init_adapters(model, str(tmp_path / "rank8"), other)
     load_init_adapters(model, str(tmp_path / "rank8"), lora_meta)  # the same shape loads
+
+
+@pytest.mark.slow
+def test_two_processes_each_sample_their_share_of_the_prompts(tmp_path):
+    import os
+
+    from tests.test_distributed import _launcher
+
+    run_dir = tmp_path / "parallel"
+    result = subprocess.run(
+        [*_launcher(), "-n", "2", "--backend", "ring", "--", sys.executable, "-m", "riscv_ft.train", "experiment=smoke",
+         "trainer.objective=grpo", "trainer.iters=2", "trainer.eval_every=0", "grpo.group_size=4", "grpo.prompts_per_step=4",
+         "grpo.max_tokens=4", "grpo.synthetic_prompts=16", "grpo.samples_every=1", "eval.num_rows=1", "eval.max_tokens=2",
+         "eval.print_samples=0", "tracking.enabled=false", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ),
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["processes"] == 2
+    rows = [json.loads(line) for line in (run_dir / "grpo_samples.jsonl").read_text().splitlines()]
+    # Rank 0 wrote its own groups only: 2 of the step's 4 prompts, 4 answers each.
+    for step in (1, 2):
+        mine = [r for r in rows if r["step"] == step]
+        assert len(mine) == 8 and len({r["description"] for r in mine}) == 2
