@@ -87,7 +87,7 @@ def test_kl_is_exactly_zero_and_the_ratio_one_while_the_adapters_are_zero(tiny):
 
     # Non-zero adapters: the reference still is the base, so KL > 0; and the adapters come back.
     saved = {k: v for k, v in model.trainable_parameters().items()}
-    from mlx.utils import tree_flatten, tree_map
+    from mlx.utils import tree_map
     model.update(tree_map(lambda p: p + 0.05, model.trainable_parameters()))
     try:
         tuned = token_logprobs(model, batch["inputs"], batch["targets"], batch["positions"], 0.7)
