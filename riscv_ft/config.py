@@ -204,6 +204,9 @@ class TrainerConfig:
     # and keep the best adapter as the final one.
     early_stopping_patience: int = 0
     seed: int = 0
+    # sft: supervised, the loss on the references; grpo: reinforcement learning with the
+    # assembler and emulator as reward (riscv_ft.grpo; its keys are under `grpo`).
+    objective: str = "sft"
 
 
 @dataclass
@@ -251,6 +254,42 @@ class EvalConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """trainer.objective=grpo (riscv_ft.grpo): each step samples `group_size` answers to each of
+    `prompts_per_step` prompts, rewards them with the scorer, and trains on the answers' advantages
+    within their group (a clipped policy ratio, a KL penalty to the base with adapters off)."""
+
+    group_size: int = 8
+    # Prompts per optimizer step, over all processes (each process samples its share).
+    prompts_per_step: int = 4
+    temperature: float = 1.0
+    # 0 turns nucleus sampling off.
+    top_p: float = 0.0
+    # Longest sampled answer; longer ones are cut (and usually score 0).
+    max_tokens: int = 64
+    # PPO's clip of the per-token ratio of the current to the sampling policy: [1-e, 1+e].
+    clip_epsilon: float = 0.2
+    # Weight of the KL penalty (k3 estimator) to the reference policy = the base without adapters.
+    beta: float = 0.04
+    # Optimizer steps on each sampled batch (1: the ratio is 1 and the clip never acts).
+    updates_per_batch: int = 1
+    # Reward of an answer: functional (same end state as the reference in the emulator), else
+    # assembles (but wrong), else other (does not assemble, empty, garbage).
+    reward_functional: float = 1.0
+    reward_assembles: float = 0.1
+    reward_other: float = 0.0
+    # Prompts: the training split's assembly-class rows plus this many verified synthetic tasks
+    # (riscv_ft.data.synthetic) of at most synthetic_max_instructions instructions; never a
+    # description of the valid/test split or of the user-style prompts.
+    synthetic_prompts: int = 1000
+    synthetic_max_instructions: int = 3
+    # Write each group's answers and rewards to RUN/grpo_samples.jsonl every this many steps (0: never).
+    samples_every: int = 10
+    # Start from these adapters (an SFT run's RUN/adapters folder); null: fresh LoRA (B = 0).
+    init_adapters: Optional[str] = None
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = MISSING
     lora: LoraConfig = MISSING
@@ -258,6 +297,7 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
     # Free-form tag shown in the run name and in MLflow.
     run_name: Optional[str] = None
     # Where runs are kept (Hydra's run folders go below it).
@@ -321,6 +361,21 @@ _RULES: list[tuple[str, Any, str]] = [
     ("trainer.save_every", lambda v: v >= 0, "an integer >= 0"),
     ("trainer.keep_checkpoints", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.early_stopping_patience", lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),
+    ("trainer.objective", lambda v: v in ("sft", "grpo"), "sft or grpo"),
+    ("grpo.group_size", lambda v: v >= 2, "an integer >= 2 (advantages compare answers within a group)"),
+    ("grpo.prompts_per_step", lambda v: v >= 1, "an integer >= 1"),
+    ("grpo.temperature", lambda v: 0.0 < v <= 10.0, "a number in (0, 10]"),
+    ("grpo.top_p", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1] (0: off)"),
+    ("grpo.max_tokens", lambda v: v >= 1, "an integer >= 1"),
+    ("grpo.clip_epsilon", lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
+    ("grpo.beta", lambda v: 0.0 <= v and math.isfinite(v), "a number >= 0 (0: no KL penalty)"),
+    ("grpo.updates_per_batch", lambda v: v >= 1, "an integer >= 1"),
+    ("grpo.reward_functional", math.isfinite, "a finite number"),
+    ("grpo.reward_assembles", math.isfinite, "a finite number"),
+    ("grpo.reward_other", math.isfinite, "a finite number"),
+    ("grpo.synthetic_prompts", lambda v: v >= 0, "an integer >= 0"),
+    ("grpo.synthetic_max_instructions", lambda v: 1 <= v <= 3, "1, 2 or 3"),
+    ("grpo.samples_every", lambda v: v >= 0, "an integer >= 0 (0: never)"),
     ("eval.split", lambda v: v in ("test", "valid"), "test or valid"),
     ("eval.num_rows", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
     ("eval.max_tokens", lambda v: v >= 1, "an integer >= 1"),
@@ -350,6 +405,13 @@ def validate(cfg: DictConfig) -> None:
         # Quantized weights are packed integers: MLX has no gradient for them.
         raise ConfigError("lora.fine_tune_type=full cannot train a quantized base (model.quantize.enabled=true): "
                           "set model.quantize.enabled=false, or train adapters on it with lora.fine_tune_type=lora (QLoRA)")
+    if cfg.trainer.objective == "grpo":
+        # GRPO's reference policy is the base with the adapters switched off: there must be adapters.
+        if cfg.lora.fine_tune_type == "full":
+            raise ConfigError("trainer.objective=grpo needs adapters (lora.fine_tune_type=lora or dora): its KL reference "
+                              "is the base with the adapters off, and full fine-tuning has no base left")
+        if cfg.trainer.fuse_lora:
+            raise ConfigError("trainer.objective=grpo does not support trainer.fuse_lora=true: set trainer.fuse_lora=false")
 
 
 # (key prefix, when the composed config never reads it, why). A command-line override of such

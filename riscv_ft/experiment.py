@@ -101,7 +101,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
     seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
     lora_meta = apply_adapters(model, cfg.lora)
     n_trainable = sum(p.size for p in trainable_parameters(model).values())
-    trainer = Trainer.for_run(model, cfg)  # its batch shapes (packing, widths) also describe the epoch below
+    if cfg.trainer.objective == "grpo":  # rewarded by the scorer; the rest of the run is as for SFT
+        from riscv_ft.grpo import SAMPLES_FILE, GrpoTrainer, grpo_prompts, load_init_adapters
+
+        if cfg.grpo.init_adapters:
+            load_init_adapters(model, cfg.grpo.init_adapters, lora_meta)
+        trainer = GrpoTrainer(model, tokenizer, cfg, grpo_prompts(data.splits, cfg),
+                              samples_path=run_dir / SAMPLES_FILE if main_process else None)
+    else:
+        trainer = Trainer.for_run(model, cfg)  # its batch shapes (packing, widths) also describe the epoch below
     if trainer.pack_length:
         problem = packing_problem(model)
         if problem:
@@ -190,10 +198,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
             (run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
         metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
         write_outputs(run_dir, metrics, history, run_name(cfg))
+        if cfg.trainer.objective == "grpo":
+            from riscv_ft.grpo import plot_rewards
+
+            plot_rewards(history, run_dir / "reward_curve.png", run_name(cfg))
         tracker.log_metrics(trainer.state.step, {f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
         tracker.log_table(scored, "samples.json")
         for name in ("config.yaml", "metrics.json", "history.jsonl", "loss_curve.png", "eval.jsonl", "eval_summary.json", "train.log",
-                     "eval_user.jsonl", "base_eval.jsonl", "base_eval_user.jsonl"):
+                     "eval_user.jsonl", "base_eval.jsonl", "base_eval_user.jsonl", "grpo_samples.jsonl", "reward_curve.png"):
             tracker.log_artifact(run_dir / name)
         tracker.log_artifact(adapters_dir, "adapters")
         tracker.log_model(run_dir, model, tokenizer)  # servable: mlflow models serve -m runs:/<id>/model
