@@ -162,7 +162,8 @@ class MlflowSweepCallback(Callback):
         if best:
             metrics[f"best_{self.metric}"] = best[self.metric]
             tags["best_run_id"] = best["run_id"]
-            tags.update(self._register(best["run_id"]))
+            if status == "FINISHED":  # @best names the best of a whole sweep, never of a stopped one
+                tags.update(self._register(best["run_id"]))
         if reason:
             tags[track.FAILURE_TAG] = reason
         table = [{c: row.get(c) for c in columns} for row in rows]
