@@ -170,6 +170,9 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message)
         self.step = step
 
+    def __reduce__(self):  # picklable (a process pool sends exceptions back): both arguments
+        return type(self), (str(self), self.step)
+
 
 @dataclass
 class TrainState:

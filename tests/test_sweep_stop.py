@@ -62,3 +62,55 @@ def test_a_killed_sweep_does_not_move_best_and_a_finished_one_does(tmp_path, mon
     assert registry.get_model_version_by_alias(track.REGISTERED_MODEL, track.BEST_ALIAS).run_id == best_run
     with pytest.raises(MlflowException):  # and nothing else was ever registered
         registry.get_model_version(track.REGISTERED_MODEL, "2")
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_sweep_checkpoints_each_job_and_ends_every_run_killed(tmp_path):
+    """sweep=parallel, two jobs training at once in two loky workers, SIGTERM to the sweep's
+    process only: both workers save a checkpoint (no save step was due), both child runs and
+    the parent end KILLED, the sweep exits 130 and leaves no process behind."""
+    from riscv_ft.checkpoint import latest_checkpoint
+
+    root, store = tmp_path / "sweep", tmp_path / "mlruns"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "riscv_ft.train", "-m", *FAST, "trainer.iters=400", "trainer.save_every=1000",
+         "sweep=parallel", "lora.rank=4,8", f"hydra.sweep.dir={root}", "hydra.sweep.subdir=${hydra.job.num}"],
+        cwd=REPO, env={**os.environ, "RISCV_FT_MLRUNS": str(store), **QUIET},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        logs = [root / str(job) / "train.log" for job in (0, 1)]
+        deadline = time.time() + 180
+        while not all(log.is_file() and "step 2/400" in log.read_text() for log in logs):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.time() < deadline, "the two jobs did not both reach step 2"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, stderr[-2000:]
+        deadline = time.time() + 30  # the workers end with the sweep
+        while time.time() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("worker processes outlived the sweep")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    sweep = Sweep(root, store, None)
+    parent, children = sweep.parent(), sweep.children()
+    assert parent.info.status == "KILLED" and "interrupted" in parent.data.tags["failure_reason"]
+    assert sorted(c.data.params["lora.rank"] for c in children) == ["4", "8"]
+    assert [c.info.status for c in children] == ["KILLED", "KILLED"]
+    for child in children:
+        job_dir = root / child.data.tags["riscv_ft.sweep_job"]
+        checkpoint = latest_checkpoint(job_dir / "checkpoints")
+        assert checkpoint is not None, f"{job_dir}: no checkpoint to resume from"
+        assert 2 <= checkpoint.step < 400 and checkpoint.state["mlflow_run_id"] == child.info.run_id
+        assert "Resume with" in (job_dir / "train.log").read_text()
