@@ -180,7 +180,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
                 save_best(run_dir / "checkpoints", step, val_loss,
                           lambda folder: save_adapters(model, folder, loaded.base_ref, cfg.lora, lora_meta))
 
-        trainer.on_best = on_best
+        def on_restored(best_step: int) -> None:  # early stopping: the best weights are the run's adapter
+            if main_process:
+                save_adapters(model, adapters_dir, loaded.base_ref, cfg.lora, lora_meta)
+
+        trainer.on_best, trainer.on_restored = on_best, on_restored
         try:
             metrics = trainer.fit(data.samples["train"], data.samples["valid"], on_metrics, on_save)
         except Interrupted as stop:

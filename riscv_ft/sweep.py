@@ -18,6 +18,13 @@
   description), a plot of the metric against the swept values, and ends FINISHED. Hydra
   skips this hook when the sweeper raises (a job crashed, Ctrl-C); an exit handler then
   logs the same summary and ends the parent FAILED or KILLED.
+
+SIGTERM or Ctrl-C stop a sweep whose jobs run in joblib's worker processes (sweep=parallel)
+as they stop one run in one process: the sweep's process passes SIGTERM on to its workers
+and waits; each running job saves a checkpoint, ends its run KILLED and returns, jobs not
+yet started return at once, and the parent ends KILLED (exit 130). A worker's job must
+return rather than raise: joblib answers a job's exception by killing every other worker
+(SIGKILL), mid-save. A second signal stops the sweep at once.
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ class MlflowSweepCallback(Callback):
         self._errors: _LastError | None = None
         self._finished = False
         self._stopped_by: str | None = None  # the signal that stopped the sweep
+        self._parallel = False  # jobs run in joblib's worker processes, not in the sweep's own
+        self._sweep_pid = os.getpid()
 
     def __getstate__(self) -> dict:  # pickled into joblib's workers: no logging handler
         return {**self.__dict__, "_errors": None}
@@ -78,6 +87,8 @@ class MlflowSweepCallback(Callback):
         self.uri, self.experiment_name = config.tracking.uri, config.tracking.experiment_name
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         hydra_cfg = config.hydra
+        self._parallel = "joblib" in str(hydra_cfg.launcher._target_)
+        self._sweep_pid = os.getpid()
         params = {
             "sweep.sweeper": str(hydra_cfg.sweeper._target_).rsplit(".", 1)[-1],
             "sweep.launcher": str(hydra_cfg.launcher._target_).rsplit(".", 1)[-1],
@@ -104,14 +115,29 @@ class MlflowSweepCallback(Callback):
             return
 
         def stop(signum, frame):
+            first = self._stopped_by is None
             self._stopped_by = signal.Signals(signum).name
-            raise KeyboardInterrupt(self._stopped_by)
+            workers = _worker_processes() if first and self._parallel else []
+            if not workers:
+                raise KeyboardInterrupt(self._stopped_by)
+            log.warning("%s received: stopping the sweep's %d worker processes after their jobs save a checkpoint "
+                        "(Ctrl-C again to stop now)", self._stopped_by, len(workers))
+            for pid in workers:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, stop)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._finish("FINISHED")
+        if self._stopped_by is None:
+            self._finish("FINISHED")
+            return
+        # Stopped while the jobs ran in workers: each job returned after saving; so does the sweep.
+        self._finish("KILLED", f"the sweep stopped early: interrupted ({self._stopped_by})")
+        raise KeyboardInterrupt(self._stopped_by)
 
     def _at_exit(self) -> None:
         stopped_by = getattr(sys, "last_value", None)
@@ -162,7 +188,8 @@ class MlflowSweepCallback(Callback):
         if best:
             metrics[f"best_{self.metric}"] = best[self.metric]
             tags["best_run_id"] = best["run_id"]
-            tags.update(self._register(best["run_id"]))
+            if status == "FINISHED":  # @best names the best of a whole sweep, never of a stopped one
+                tags.update(self._register(best["run_id"]))
         if reason:
             tags[track.FAILURE_TAG] = reason
         table = [{c: row.get(c) for c in columns} for row in rows]
@@ -196,6 +223,8 @@ class MlflowSweepCallback(Callback):
         os.environ.pop("MLFLOW_RUN_ID", None)
         self._errors = _LastError()
         logging.getLogger().addHandler(self._errors)
+        if self._parallel and os.getpid() != self._sweep_pid:
+            _stop_worker_on_signals(self._stopped_by)  # set when the sweep was stopped before this job was sent
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self.parent_run_id is None:
@@ -203,9 +232,11 @@ class MlflowSweepCallback(Callback):
         last_error = self._errors.message if self._errors else None
         logging.getLogger().removeHandler(self._errors)
         self._errors = None
+        _worker_job[0] = False
         try:
             track.end_active_run("KILLED")
-            self._record_if_missing(config, job_return, last_error)
+            if _worker_stop[0] is None:  # a job the stop skipped or cut short before its run began: no run
+                self._record_if_missing(config, job_return, last_error)
         except Exception:  # noqa: BLE001 - bookkeeping must not stop the other jobs
             log.exception("could not check the MLflow run of job %s", config.hydra.job.num)
         finally:
@@ -232,6 +263,55 @@ class MlflowSweepCallback(Callback):
         tags = {**track.sweep_tags_from_env(), "run_dir": config.hydra.runtime.output_dir}
         run_id = track.record_failed_job(self.uri, self.experiment_name, run_name(job_cfg), params, tags, reason)
         log.error("job %s failed before training; recorded as FAILED MLflow run %s", config.hydra.job.num, run_id)
+
+
+# In a joblib worker process of a parallel sweep: the signal that stopped the sweep (None while
+# it runs), and whether a job runs now.
+_worker_stop: list[str | None] = [None]
+_worker_job = [False]
+
+
+def stopped_worker() -> str | None:
+    """In a parallel sweep's worker that was told to stop: the signal's name (later jobs
+    return at once, train.run_and_report)."""
+    return _worker_stop[0]
+
+
+def job_interrupted_in_worker(err: KeyboardInterrupt) -> bool:
+    """True in a parallel sweep's worker, where an interrupted job (its run already KILLED,
+    its checkpoint saved) must return rather than raise; the stop is remembered for later jobs."""
+    if not _worker_job[0]:
+        return False
+    if _worker_stop[0] is None:  # the trainer's handler, not ours, received the signal
+        _worker_stop[0] = str(err) or "SIGTERM"
+    return True
+
+
+def _stop_worker_on_signals(already_stopped: str | None) -> None:
+    """In a worker, at each job's start: SIGTERM or Ctrl-C (passed on by the sweep's process)
+    interrupts the job, as they do a run in one process. While it trains, the trainer's own
+    handler takes over (save, then stop). Between jobs the signal is only remembered: an
+    exception in joblib's own loop would end the worker and get its siblings killed."""
+    if already_stopped and _worker_stop[0] is None:
+        _worker_stop[0] = already_stopped
+    _worker_job[0] = True
+
+    def stop(signum, frame):
+        if _worker_stop[0] is not None:  # the second signal (Ctrl-C reaches workers directly too)
+            return
+        _worker_stop[0] = signal.Signals(signum).name
+        if _worker_job[0]:
+            raise KeyboardInterrupt(_worker_stop[0])
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
+def _worker_processes() -> list[int]:
+    """The process ids of joblib's (loky's) worker processes started by this process."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    processes = getattr(getattr(module, "_executor", None), "_processes", None) or {}
+    return [pid for pid, process in list(processes.items()) if process.is_alive()]
 
 
 def release_memory() -> None:

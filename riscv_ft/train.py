@@ -37,10 +37,20 @@ def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool 
     `explicit`: the keys set on the command line, which the memory policy never changes (a
     resumed run keeps the settings its saved config holds)."""
     from riscv_ft.experiment import run_experiment
+    from riscv_ft.sweep import job_interrupted_in_worker, stopped_worker
 
     try:
+        if in_sweep and stopped_worker():
+            log.warning("job skipped: the sweep was stopped (%s)", stopped_worker())
+            return None
         validate(cfg)
         metrics = run_experiment(cfg, run_dir, resume=resume, explicit=explicit)
+    except KeyboardInterrupt as stop:
+        # In a parallel sweep's worker the job returns: joblib would kill the other workers mid-save.
+        if in_sweep and job_interrupted_in_worker(stop):
+            log.warning("job stopped (%s)", stopped_worker())
+            return None
+        raise
     except (*USER_ERRORS, TrainingDiverged, MemoryError, RuntimeError) as err:
         message, code = _explain(err, cfg, run_dir)
         if in_sweep:  # recorded (MLflow run FAILED, log); the other jobs go on

@@ -236,6 +236,9 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message)
         self.step = step
 
+    def __reduce__(self):  # picklable (a process pool sends exceptions back): both arguments
+        return type(self), (str(self), self.step)
+
 
 @dataclass
 class TrainState:
@@ -255,9 +258,14 @@ class Trainer:
     report, evaluation and save steps.
     """
 
-    # Called as on_best(step, val_loss) whenever the validation loss improves, while the model
-    # holds those weights: the run checkpoints its best adapter there (riscv_ft.experiment).
+    # Called as on_best(step, val_loss) whenever the validation loss improves (step 0's, before
+    # any update, included), while the model holds those weights: the run checkpoints its best
+    # adapter there (riscv_ft.experiment).
     on_best: Callable[[int, float], None] | None = None
+    # Called as on_restored(best_step) once early stopping has put the best weights back: the
+    # run writes them as its final adapter. Not on_save: step N's checkpoint must keep step N's
+    # own weights beside step N's optimizer state and patience, never a mix of two steps.
+    on_restored: Callable[[int], None] | None = None
 
     def __init__(self, model: nn.Module, trainer_cfg: DictConfig, pad_to_multiple: int, pack_length: int = 0,
                  min_width: int = 0, loss_fn: Callable = masked_loss):
@@ -516,10 +524,18 @@ class Trainer:
             val_loss = self.evaluate(valid, cfg.val_batches)
             log.info("step 0/%d  val_loss %.4f", cfg.iters, val_loss)
             on_metrics(0, {"val_loss": val_loss})
+            # The untrained weights are a candidate too: when training only makes things worse,
+            # early stopping and best-* must be able to choose them.
+            if math.isfinite(val_loss):
+                self._track_best(0, val_loss)
+        # A checkpoint written when early stopping stopped (resumed after a crash in the final
+        # evaluation) is not trained further: only the best weights are restored.
+        patience = cfg.early_stopping_patience
+        last_step = start_step if patience and self.state.evals_without_improvement >= patience else cfg.iters
         window.restart_clock()
         previous = None  # the last queued step's outputs
         with _deferred_interrupts() as stop:
-            for step in range(start_step + 1, cfg.iters + 1):
+            for step in range(start_step + 1, last_step + 1):
                 micro = [next(batches) for _ in range(cfg.grad_accumulation)]
                 previous = self._queue_and_wait(micro, step, window, previous, on_save)
                 self.state.step = step
@@ -558,7 +574,8 @@ class Trainer:
             log.info("restoring the best adapter (step %d, val_loss %.4f)", self.state.best_step, self.state.best_val_loss)
             load_trainable(self.model, self.best_weights)
             val_loss = self.state.best_val_loss
-            on_save(self.state.step)
+            if self.on_restored is not None:
+                self.on_restored(self.state.best_step)
         progress.close()
         totals = window.totals()
         return {

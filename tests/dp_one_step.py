@@ -1,12 +1,15 @@
 """One optimizer step of the tiny model on a fixed global batch of 4 samples whose answers are
 very unequal between the two halves that `mlx.launch -n 2` deals to its ranks: rank 0 gets 5
-answer tokens, rank 1 gets 70. Rank 0 saves the adapter weights after the step to argv[1].
+answer tokens, rank 1 gets 70. Rank 0 saves the gradient the step applied (averaged over the
+ranks) to argv[1].
 
     python tests/dp_one_step.py OUT.safetensors                          # one process
     mlx.launch -n 2 --backend ring -- python tests/dp_one_step.py OUT   # two processes
 
-Run by tests/test_distributed.py: token-weighted averaging gives the same weights both ways;
-a mean of per-rank means weighs rank 0's 5 tokens like rank 1's 70.
+Run by tests/test_distributed.py: token-weighted averaging gives the same gradient both ways.
+The gradient is read from AdamW's first moment after its first update, m = (1 - beta1) * g
+(it starts at zero), with clipping off: the weights after one Adam step move by about
+lr * sign(g) and cannot show a gradient that is off by a factor.
 """
 
 import sys
@@ -17,6 +20,7 @@ use_fast_blas()
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
 
 from riscv_ft import distributed  # noqa: E402
 from riscv_ft.cli import compose  # noqa: E402
@@ -37,7 +41,7 @@ def samples() -> list[Sample]:
 
 def main(out: str) -> None:
     cfg = compose(["experiment=smoke", "trainer.iters=1", "trainer.batch_size=4", "trainer.warmup_steps=0",
-                   "trainer.learning_rate=1e-4", "trainer.eval_every=0", "trainer.save_every=0", "trainer.val_batches=1",
+                   "trainer.learning_rate=1e-4", "trainer.max_grad_norm=0", "trainer.eval_every=0", "trainer.save_every=0", "trainer.val_batches=1",
                    "lora.dropout=0.0"])
     model = load_base(cfg.model).model
     mx.random.seed(0)
@@ -47,11 +51,15 @@ def main(out: str) -> None:
                         for i, (k, v) in enumerate(trainable_parameters(model).items()) if k.endswith("lora_b")], strict=False)
     data = samples()
 
+    trainer = Trainer(model, cfg.trainer, 8)
+    beta1 = trainer.optimizer.betas[0]
+
     def save(step: int) -> None:
         if distributed.is_main():
-            mx.save_safetensors(out, trainable_parameters(model))
+            moments = {k.removesuffix(".m"): v for k, v in tree_flatten(trainer.optimizer.state) if k.endswith(".m")}
+            mx.save_safetensors(out, {k: v / (1 - beta1) for k, v in moments.items()})
 
-    Trainer(model, cfg.trainer, 8).fit(data, data, lambda *a: None, save)
+    trainer.fit(data, data, lambda *a: None, save)
 
 
 if __name__ == "__main__":

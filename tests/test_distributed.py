@@ -57,11 +57,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert len(runs) == 1 and runs.iloc[0].status == "FINISHED"
 
 
-def test_one_step_with_unequal_answer_tokens_per_rank_matches_one_process(tmp_path):
-    """tests/dp_one_step.py deals 5 answer tokens to rank 0 and 70 to rank 1. Token-weighted
-    averaging (sum the gradients, divide once by the global count) gives the single-process
-    weights: largest difference 1.3e-6 measured. A mean of per-rank means weighs rank 0's
-    tokens 14x more: 6.3e-4 measured with that averaging put in on purpose."""
+def test_one_step_with_unequal_answer_tokens_per_rank_averages_the_gradient_like_one_process(tmp_path):
+    """tests/dp_one_step.py deals 5 answer tokens to rank 0 and 70 to rank 1 and saves the
+    gradient the step applied. Token-weighted averaging (sum the gradients, divide once by the
+    global count) gives the single-process gradient up to float summation order. A gradient
+    halved, or a mean of per-rank means (rank 0's tokens weighed 14x more), is off by far more."""
     import mlx.core as mx
 
     script = str(REPO / "tests" / "dp_one_step.py")
@@ -74,10 +74,10 @@ def test_one_step_with_unequal_answer_tokens_per_rank_matches_one_process(tmp_pa
                               cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert (tmp_path / "parallel.safetensors").is_file(), (parallel.stdout + parallel.stderr)[-3000:]
     a, b = mx.load(str(tmp_path / "single.safetensors")), mx.load(str(tmp_path / "parallel.safetensors"))
-    assert a.keys() == b.keys()
-    largest = max(float(mx.abs(a[k] - b[k]).max()) for k in a)
-    print(f"largest weight difference, 2 processes against 1: {largest:.3g}")
-    assert largest <= 1e-5
+    assert a.keys() == b.keys() and any(k.endswith("lora_a") for k in a)
+    largest = max(float(mx.abs(a[k] - b[k]).max() / mx.abs(a[k]).max()) for k in a)
+    print(f"largest relative gradient difference, 2 processes against 1: {largest:.3g}")
+    assert largest <= 1e-4  # 1.2e-6 measured; a halved gradient: 0.5
 
 
 RESUMABLE = ["experiment=smoke", "trainer.iters=16", "trainer.batch_size=4", "trainer.save_every=4", "trainer.eval_every=8",

@@ -80,12 +80,12 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path):
 
 
 def test_early_stopping_restores_the_best_adapter_after_sigkill_and_resume(tmp_path):
-    """lr 1.0 (uncorrected AdamW) makes the validation loss best at step 6 and worse after; the
+    """lr 1.0 (uncorrected AdamW) makes the validation loss best at step 8 and worse after; the
     run is killed after its step-12 checkpoint and resumed, stops early at 14 and must end with
-    step 6's weights, which only the best-000006 checkpoint still holds (not a save step's)."""
+    step 8's weights, which only the best-000008 checkpoint still holds (not a save step's)."""
     run_dir = tmp_path / "run"
     overrides = ["experiment=smoke", "trainer.iters=16", "trainer.save_every=12", "trainer.eval_every=2",
-                 "trainer.learning_rate=1.0", "trainer.bias_correction=false", "trainer.early_stopping_patience=4", "trainer.keep_checkpoints=1",
+                 "trainer.learning_rate=1.0", "trainer.bias_correction=false", "trainer.early_stopping_patience=3", "trainer.keep_checkpoints=1",
                  "eval.enabled=false", "eval.print_samples=0", "tracking.enabled=false", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen([sys.executable, "-m", "riscv_ft.train", *overrides], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -93,14 +93,14 @@ def test_early_stopping_restores_the_best_adapter_after_sigkill_and_resume(tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert latest_checkpoint(run_dir / "checkpoints").step == 12
-    best = run_dir / "checkpoints" / "best-000006"
+    best = run_dir / "checkpoints" / "best-000008"
     assert (best / "adapter_config.json").is_file()  # kept, though no step checkpoint was saved at 8
     at_12 = mx.load(str(run_dir / "checkpoints" / "step-000012" / "adapters.safetensors"))
 
     resumed = run_train(f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     log = (run_dir / "train.log").read_text()
-    assert "early stopping at step 14" in log and "restoring the best adapter (step 6," in log
+    assert "early stopping at step 14" in log and "restoring the best adapter (step 8," in log
     final = mx.load(str(run_dir / "adapters" / "adapters.safetensors"))
     kept = mx.load(str(best / "adapters.safetensors"))
     assert final.keys() == kept.keys()

@@ -386,13 +386,30 @@ def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0, min
     return Batch(inputs, targets, mask, real)
 
 
-def length_buckets(samples: list[Sample], batch_size: int, seed: int, epoch: int = 0) -> list[list[int]]:
+def length_buckets(samples: list[Sample], batch_size: int, seed: int, epoch: int = 0,
+                   whole_batches: bool = False) -> list[list[int]]:
     """One epoch of global batches as sample indices: sorted by length so each batch pads
     little, then the order of batches shuffled. Depends only on (seed, epoch), so a resumed
-    run sees the same batches."""
-    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), i))
-    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    random.Random(seed * 1_000_003 + epoch).shuffle(groups)
+    run sees the same batches.
+
+    Each epoch breaks ties in length at random and puts the one short group (len % batch_size
+    samples) at a random place in the length order, so neither which samples share a batch
+    nor which group is short is the same every epoch. With whole_batches (training: every
+    step is one full global batch) the short group is filled up with its neighbours in length
+    order, which are then seen twice that epoch: every sample is trained every epoch, the
+    longest included, and the batch still pads little.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    tiebreak = [rng.random() for _ in samples]
+    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), tiebreak[i]))
+    short = len(order) % batch_size
+    start = rng.randrange(len(order) // batch_size + 1) * batch_size if short else len(order)
+    groups = [order[i : i + batch_size] for i in range(0, start, batch_size)]
+    if short:
+        first, size = (min(start, len(order) - batch_size), batch_size) if whole_batches else (start, short)
+        groups.append(order[first : first + size])
+    groups += [order[i : i + batch_size] for i in range(start + short, len(order), batch_size)]
+    rng.shuffle(groups)
     return groups
 
 
@@ -430,13 +447,12 @@ def iterate_training_batches(
         yield from iterate_packed_batches(samples, batch_size, pack_length, seed, start_step, rank, world_size)
         return
     check_batch_size(samples, batch_size)
-    # Full batches only: a short last batch would weigh its few samples more (and would
-    # leave some ranks without a share).
-    per_epoch = len(samples) // batch_size
+    # Whole batches only: a short batch would weigh its few samples more (and would leave
+    # some ranks without a share); length_buckets fills the short group up instead.
+    per_epoch = -(-len(samples) // batch_size)
     epoch, skip = divmod(start_step, per_epoch)
     while True:
-        groups = [g for g in length_buckets(samples, batch_size, seed, epoch) if len(g) == batch_size]
-        for group in groups[skip:]:
+        for group in length_buckets(samples, batch_size, seed, epoch, whole_batches=True)[skip:]:
             yield make_batch([samples[i] for i in group[rank::world_size]], pad_to_multiple, min_width=min_width)
         skip, epoch = 0, epoch + 1
 
