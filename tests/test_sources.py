@@ -484,3 +484,88 @@ def test_a_truncated_or_wrong_size_part_fails_in_one_line(qwen_gguf, tmp_path, m
     text = str(caught.value)
     assert message in text and "\n" not in text, text
     assert not [p for p in wheel.wheel_dir().iterdir() if not p.name.endswith(".whl")]  # nothing half-written
+
+
+# ---------------------------------------------------------------- the float copy of a local quantized folder (issue 26, item 8)
+
+def _quantized_user_folder(folder: Path, seed: int, bits: int) -> dict:
+    """A quantized MLX model folder (one 4/8-bit linear, one norm); returns the float weights it holds."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    w = mx.random.normal((64, 64), key=mx.random.key(seed))
+    q, scales, biases = mx.quantize(w, group_size=32, bits=bits)
+    norm = mx.random.normal((64,), key=mx.random.key(seed + 100))
+    mx.save_safetensors(str(folder / "model.safetensors"), {
+        "model.layers.0.mlp.up_proj.weight": q, "model.layers.0.mlp.up_proj.scales": scales,
+        "model.layers.0.mlp.up_proj.biases": biases, "model.norm.weight": norm})
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization": {"group_size": 32, "bits": bits}}))
+    return {"model.layers.0.mlp.up_proj.weight": np.array(mx.dequantize(q, scales, biases, group_size=32, bits=bits)),
+            "model.norm.weight": np.array(norm)}
+
+
+def test_a_replaced_local_model_gets_a_new_float_copy_and_nothing_is_written_beside_it(tmp_path, monkeypatch):
+    from riscv_ft.sources import local
+
+    monkeypatch.setenv("RISCV_FT_CACHE", str(tmp_path / "cache"))
+    user = tmp_path / "models" / "my-model"
+    for seed, bits in [(0, 4), (1, 8), (2, 8)]:  # 4-bit replaced by 8-bit, then other weights in the same format
+        want = _quantized_user_folder(user, seed, bits)
+        copy = local.dequantized_copy(user, "float32")
+        got = mx.load(str(copy / "model.safetensors"))
+        assert set(got) == set(want)
+        for name, value in want.items():
+            assert np.array_equal(np.array(got[name]), value), (seed, bits, name)
+        assert "quantization" not in json.loads((copy / "config.json").read_text())
+    assert [p.name for p in user.parent.iterdir()] == ["my-model"]  # the user's folder is left alone
+    assert local.dequantized_copy(user, "float32") == copy  # unchanged source: the copy is reused
+
+
+# ---------------------------------------------------------------- temporaries of killed writers (issue 26, item 14)
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from riscv_ft.sources import atomic_folder
+with atomic_folder(Path(sys.argv[1])) as tmp:
+    (tmp / "weights.bin").write_bytes(b"x" * 1_000_000)
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_temporary_folder_of_a_writer_killed_by_sigkill_is_swept_and_a_live_writers_is_not(tmp_path):
+    from riscv_ft.sources import atomic_folder
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / name)], stdout=subprocess.PIPE, text=True,
+                                env=env) for name in ("killed", "alive")]
+    try:
+        killed_tmp, alive_tmp = (Path(w.stdout.readline().strip()) for w in writers)
+        writers[0].kill()  # SIGKILL mid-write: no finally, no cleanup
+        writers[0].wait()
+        assert killed_tmp.is_dir() and alive_tmp.is_dir()
+        with atomic_folder(tmp_path / "killed") as tmp:  # the next call for the same folder
+            (tmp / "weights.bin").write_bytes(b"y")
+        assert not killed_tmp.exists()  # swept: its writer is dead
+        assert alive_tmp.is_dir() and (alive_tmp / "weights.bin").stat().st_size == 1_000_000  # a live writer's: kept
+        assert (tmp_path / "killed" / "weights.bin").read_bytes() == b"y"
+    finally:
+        for w in writers:
+            w.kill()
+            w.wait()
+
+
+def test_resolve_base_sweeps_killed_writers_temporaries_from_the_whole_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RISCV_FT_CACHE", str(tmp_path))
+    repo = Path(__file__).resolve().parent.parent
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "float" / "some-model-float32")],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    leaked = Path(writer.stdout.readline().strip())
+    writer.kill()
+    writer.wait()
+    assert leaked.is_dir()
+    resolve_base(OmegaConf.create({"source": "hub", "path": "owner/some-repo"}))  # a hub id: nothing to convert
+    assert not leaked.exists()
