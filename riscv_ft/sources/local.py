@@ -3,15 +3,17 @@ of a quantized one that a CPU-only machine trains on."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import mlx.core as mx
 
 from riscv_ft.device import backend, quantized_matmul_is_fast
-from riscv_ft.sources import ModelLoadError, atomic_folder
+from riscv_ft.sources import ModelLoadError, atomic_folder, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,35 @@ def maybe_dequantized(folder: Path, model_cfg) -> Path:
     return copy
 
 
+def content_digest(folder: Path) -> str:
+    """A digest of what a model folder holds, cheap enough for every load: each file's name, size
+    and modification time, the bytes of its JSON files and the header of each .safetensors
+    (names, dtypes, shapes, offsets). Replacing the model (another quantization, other weights)
+    changes it, so a copy made from the old one is never taken for the new one."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        path = folder / name
+        if not path.is_file():
+            continue
+        stat = path.stat()
+        digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        if name.endswith(".json"):
+            digest.update(path.read_bytes())
+        elif name.endswith(".safetensors"):
+            with open(path, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                digest.update(f.read(min(length, 100 << 20)))
+    return digest.hexdigest()[:16]
+
+
 def dequantized_copy(folder: Path, dtype: str) -> Path:
-    """A cached copy of a quantized MLX model folder with every quantized layer in `dtype`."""
-    target = folder.parent / f"{folder.name}-{dtype}"
+    """A cached copy of a quantized MLX model folder with every quantized layer in `dtype`.
+
+    Kept under cache_dir()/float (never beside the user's folder), keyed by the folder's
+    content digest: a replaced model gets a new copy.
+    """
+    stem = re.sub(r"[^\w.-]", "_", folder.name)[:60]
+    target = cache_dir() / "float" / f"{stem}-{content_digest(folder)}-{dtype}"
     with atomic_folder(target) as tmp:
         if tmp is None:
             return target
