@@ -14,7 +14,7 @@ from pathlib import Path
 from riscv_ft.evaluate.assembler import AssemblerNotFound
 from riscv_ft.evaluate.reference import CLASSES, classify, normalize
 from riscv_ft.evaluate.scorer import score_rows, summarize
-from riscv_ft.inference import generate_answers
+from riscv_ft.inference import cached_answers
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,18 @@ def load_user_prompts(path: Path = USER_PROMPTS) -> list[dict]:
 
 
 def answer_rows(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
-                batch_size: int = 32) -> list[dict]:
-    """Each row's description answered: {description, reference, prediction}, the scorer's input."""
-    answers = generate_answers(model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens, batch_size)
+                batch_size: int = 32, identity: str | None = None) -> list[dict]:
+    """Each row's description answered: {description, reference, prediction}, the scorer's input.
+    With the model's `identity` (inference.model_identity; base models only) the answers are
+    cached on disk (inference.cached_answers)."""
+    answers = cached_answers(identity, model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens, batch_size)
     return [{"description": r["description"], "reference": r["instructions"], "prediction": a} for r, a in zip(rows, answers)]
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
-                   assembler: str = "auto", batch_size: int = 32) -> tuple[list[dict], dict]:
+                   assembler: str = "auto", batch_size: int = 32, identity: str | None = None) -> tuple[list[dict], dict]:
     """Answer each row's description and score the answer against its instructions."""
-    pairs = answer_rows(model, tokenizer, rows, prompt_format, max_tokens, batch_size)
+    pairs = answer_rows(model, tokenizer, rows, prompt_format, max_tokens, batch_size, identity)
     try:
         scored = score_rows(pairs, assembler=assembler)
     except AssemblerNotFound as err:
