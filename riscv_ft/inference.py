@@ -33,6 +33,7 @@ from riscv_ft.data.pipeline import prompt_text
 
 KV_BUCKET = 32  # the fixed-size KV cache grows by this many positions: one compiled step per size
 CHECK_EVERY = 8  # read the generated tokens back (and stop if every row ended) every this many steps
+PREFILL_GROUP = 8  # prompts prefilled together (sorted by length: little padding)
 
 
 def prompt_tokens(tokenizer, description: str, prompt_format: str) -> list[int]:
@@ -120,8 +121,8 @@ def decode_prompts(model, prompts: list[list[int]], max_tokens: int, batch_size:
 class _FixedKVCache:
     """One layer's KV cache for mlx-lm's Attention: a preallocated (B, kv_heads, capacity, dim)
     buffer. New keys/values are written at `write_at` (an array, so one compiled step serves
-    every position); `offset` is each row's RoPE position (write_at minus its left padding);
-    the mask hides left padding and positions not yet written."""
+    every position); `offset` is each row's RoPE position there; the mask hides padding and
+    positions not yet written."""
 
     def __init__(self, keys, values, write_at, offset, mask):
         self.keys, self.values = keys, values
@@ -136,12 +137,19 @@ class _FixedKVCache:
         return self.mask
 
 
-def _mask(left_pad: mx.array, write_at: mx.array, n_queries: int, capacity: int) -> mx.array:
-    """(B, 1, n_queries, capacity): query i (at write_at + i) sees keys from its row's first real
-    token up to itself. A padding query sees itself alone, so no softmax row is empty."""
+# The cache layout of a batch: positions [0, prefix) hold the prompt prefix that every row
+# shares (computed once), then padding, then each row's own tokens from start[b] on (right-
+# aligned, so every row writes its next token at the same index). Row b's RoPE position at
+# index i is i - (start[b] - prefix): the padding gap is skipped, as if it were not there.
+
+
+def _mask(start: mx.array, prefix: mx.array, write_at: mx.array, n_queries: int, capacity: int) -> mx.array:
+    """(B, 1, n_queries, capacity): query i (at write_at + i) sees the shared prefix and its
+    row's own tokens up to itself. A padding query sees itself alone (no empty softmax row)."""
     keys = mx.arange(capacity)
     queries = (write_at + mx.arange(n_queries))[:, None]
-    visible = ((keys >= left_pad[:, None, None]) & (keys <= queries)) | (keys == queries)
+    own = (keys < prefix) | (keys >= start[:, None, None])
+    visible = (own & (keys <= queries)) | (keys == queries)
     return visible[:, None]
 
 
@@ -152,67 +160,121 @@ def _head(model, h: mx.array) -> mx.array:
     return model.lm_head(h)
 
 
-def _forward(model, tokens, keys, values, write_at, left_pad):
+def _forward(model, tokens, keys, values, write_at, start, prefix):
     """Last-position logits of `tokens` (B, N) written at write_at, and the updated caches."""
-    mask = _mask(left_pad, write_at, tokens.shape[1], keys[0].shape[2])
-    caches = [_FixedKVCache(k, v, write_at, write_at - left_pad, mask) for k, v in zip(keys, values)]
+    mask = _mask(start, prefix, write_at, tokens.shape[1], keys[0].shape[2])
+    offset = write_at - (start - prefix)
+    caches = [_FixedKVCache(k, v, write_at, offset, mask) for k, v in zip(keys, values)]
     h = model.model(tokens, cache=caches)
-    logits = _head(model, h[:, -1, :])
+    logits = _head(model, h[:, -1, :])  # the head for the last position only (prefill)
     return logits, [c.keys for c in caches], [c.values for c in caches]
 
 
 def _compiled_step(model):
     # The weights are captured as constants of this closure's graph: a fresh function per
     # decode_prompts call, so a model changed since (training, adapters) is never stale.
-    return mx.compile(lambda tokens, keys, values, write_at, left_pad: _forward(model, tokens, keys, values, write_at, left_pad))
+    return mx.compile(lambda *args: _forward(model, *args))
+
+
+def _int(value) -> mx.array:
+    return mx.array(value, dtype=mx.int32)
+
+
+def _prefill(model, prompts, capacity):
+    """Every prompt's KV cache in one batch layout (see above), and its last-position logits.
+    The shared prefix is computed once; the rest in groups of PREFILL_GROUP rows of similar
+    length, each padded only to its own longest row."""
+    batch = len(prompts)
+    prefix = _shared_prefix(prompts)
+    width = max(len(p) for p in prompts)
+    shapes = _kv_shapes(model)
+    keys = [mx.zeros((batch, h, capacity, d), dtype) for h, d, _, dtype in shapes]
+    values = [mx.zeros((batch, h, capacity, dv), dtype) for h, _, dv, dtype in shapes]
+    zero = _int(0)
+    if prefix:
+        first = [mx.zeros((1, h, prefix, d), dtype) for h, d, _, dtype in shapes]
+        first_v = [mx.zeros((1, h, prefix, dv), dtype) for h, _, dv, dtype in shapes]
+        _, first, first_v = _forward(model, _int([prompts[0][:prefix]]), first, first_v, zero, _int([0]), zero)
+        for k, v, fk, fv in zip(keys, values, first, first_v):
+            k[:, :, :prefix] = fk
+            v[:, :, :prefix] = fv
+    start = _int([width - len(p) + prefix for p in prompts])
+    logits = []
+    for g in range(0, batch, PREFILL_GROUP):
+        rows = prompts[g : g + PREFILL_GROUP]
+        own = max(len(p) for p in rows) - prefix
+        tokens = _int([[0] * (own - len(p) + prefix) + p[prefix:] for p in rows])
+        part = slice(g, g + len(rows))
+        out, new_k, new_v = _forward(model, tokens, [k[part] for k in keys], [v[part] for v in values],
+                                     _int(width - own), start[part], _int(prefix))
+        for k, v, nk, nv in zip(keys, values, new_k, new_v):
+            k[part] = nk
+            v[part] = nv
+        logits.append(out)
+        mx.eval(out, keys, values)  # one group's activations at a time
+    return mx.concatenate(logits), keys, values, start, prefix
+
+
+def _shared_prefix(prompts) -> int:
+    """Tokens at the start of every prompt (a chat template's system part), at least one token
+    of each prompt left to prefill; 0 for a single prompt."""
+    if len(prompts) < 2:
+        return 0
+    shortest = min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
 
 
 def _decode_batch(model, step, prompts, max_tokens, sampler, stops) -> list[list[int]]:
-    batch = len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # prefill groups of similar length
     width = max(len(p) for p in prompts)
-    pad = [width - len(p) for p in prompts]
-    left_pad = mx.array(pad, dtype=mx.int32)
-    tokens = mx.array([[0] * n + p for n, p in zip(pad, prompts)], dtype=mx.int32)
     capacity = _round_up(width + 1, KV_BUCKET)
-    shapes = _kv_shapes(model, batch)
-    keys = [mx.zeros((batch, h, capacity, d), dtype) for h, d, _, dtype in shapes]
-    values = [mx.zeros((batch, h, capacity, dv), dtype) for h, _, dv, dtype in shapes]
-
-    logits, keys, values = _forward(model, tokens, keys, values, mx.array(0, dtype=mx.int32), left_pad)
+    logits, keys, values, start, prefix = _prefill(model, [prompts[i] for i in order], capacity)
     y = _sample(sampler, logits)
-    mx.async_eval(y, keys, values)
-    generated = [y]
-    ended = [False] * batch
-    checked = 0
-    write_at = width
-    while len(generated) < max_tokens:
+    mx.async_eval(y)
+    prefix = _int(prefix)
+    alive = list(order)  # the prompt index of each row still in the batch
+    out: list[list[int]] = [[] for _ in prompts]
+    pending = [y]  # tokens not read back yet, one (rows,) array per step
+    write_at, made = width, 1
+    while made < max_tokens:
         if write_at == capacity:  # grow the cache by one bucket (a new compiled shape)
             capacity += KV_BUCKET
             keys = [_grow(k, KV_BUCKET) for k in keys]
             values = [_grow(v, KV_BUCKET) for v in values]
-        logits, keys, values = step(y[:, None], keys, values, mx.array(write_at, dtype=mx.int32), left_pad)
+        logits, keys, values = step(y[:, None], keys, values, _int(write_at), start, prefix)
         y = _sample(sampler, logits)
-        mx.async_eval(y, keys, values)
-        generated.append(y)
+        mx.async_eval(y)
+        pending.append(y)
         write_at += 1
-        if len(generated) - checked >= CHECK_EVERY:
-            checked = _note_ended(generated, checked, ended, stops)
-            if all(ended):
+        made += 1
+        if len(pending) >= CHECK_EVERY:
+            _read_back(pending, alive, out)
+            live = [i for i, r in enumerate(alive) if not any(t in stops for t in out[r])]
+            if not live:
                 break
-    rows = mx.stack(generated, axis=1).tolist()
-    return [_until_stop(row, stops) for row in rows]
+            if len(live) <= len(alive) // 2 and max_tokens - made >= 2 * CHECK_EVERY:
+                # Half the rows have ended: go on with the others only (a new compiled shape).
+                index = _int(live)
+                keys, values = [k[index] for k in keys], [v[index] for v in values]
+                start, y = start[index], y[index]
+                alive = [alive[i] for i in live]
+    if pending:
+        _read_back(pending, alive, out)
+    return [_until_stop(row[:max_tokens], stops) for row in out]
+
+
+def _read_back(pending, alive, out) -> None:
+    for r, row in zip(alive, mx.stack(pending, axis=1).tolist()):
+        out[r].extend(row)
+    pending.clear()
 
 
 def _sample(sampler, logits: mx.array) -> mx.array:
     # As mlx-lm's generate_step: the sampler sees log-probabilities.
     return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-
-
-def _note_ended(generated, checked, ended, stops) -> int:
-    recent = mx.stack(generated[checked:], axis=1).tolist()
-    for i, row in enumerate(recent):
-        ended[i] = ended[i] or any(t in stops for t in row)
-    return len(generated)
 
 
 def _until_stop(row: list[int], stops) -> list[int]:
@@ -231,7 +293,7 @@ def _round_up(n: int, k: int) -> int:
     return (n + k - 1) // k * k
 
 
-def _kv_shapes(model, batch: int) -> list[tuple[int, int, int, mx.Dtype]]:
+def _kv_shapes(model) -> list[tuple[int, int, int, mx.Dtype]]:
     """(kv_heads, key_dim, value_dim, dtype) per layer, read from each layer's k/v projections."""
     shapes = []
     for layer in model.model.layers:

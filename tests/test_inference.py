@@ -43,6 +43,16 @@ def test_answers_equal_mlx_lm_generate_one_at_a_time_and_batched(tiny):
         mlx_lm_answer(model, tokenizer, d, 12, "completion") for d in DESCRIPTIONS]
 
 
+def test_a_batch_of_many_lengths_answers_as_one_at_a_time(tiny):
+    """More rows than one prefill group, a shared chat prefix, lengths from 3 to 40 words."""
+    model, tokenizer = tiny
+    words = DESCRIPTIONS[3].split()
+    descriptions = [" ".join(words[: 3 + 2 * i]) for i in range(10)] + [DESCRIPTIONS[1]]
+    single = generate_answers(model, tokenizer, descriptions, "chat", 12, batch_size=1)
+    assert generate_answers(model, tokenizer, descriptions, "chat", 12, batch_size=11) == single
+    assert single[:2] == [mlx_lm_answer(model, tokenizer, d, 12) for d in descriptions[:2]]
+
+
 def test_the_model_gets_its_own_modules_back(tiny):
     model, tokenizer = tiny
     before = [type(m) for _, m in model.named_modules()]
@@ -73,6 +83,26 @@ def test_a_batch_stops_when_every_row_has_ended(tiny, monkeypatch):
         first_stop = next(i for i, t in enumerate(full) if t in stops)
         assert row == full[:first_stop]
     assert len(steps) < 2 * inference.CHECK_EVERY  # not 199: read back every CHECK_EVERY steps, then stopped
+
+
+def test_rows_that_ended_leave_the_batch_and_the_others_go_on(tiny, monkeypatch):
+    model, tokenizer = tiny
+    prompts = [prompt_tokens(tokenizer, d, "chat") for d in DESCRIPTIONS]
+    free = decode_prompts(model, prompts, 40)
+    stops = {row[1] for row in free[:3]} - set(free[3])  # rows 0-2 end at their 2nd token, row 3 never
+    assert len(stops) == 3
+    sizes = []
+    compiled = inference._compiled_step
+
+    def recording(model):
+        step = compiled(model)
+        return lambda *args: sizes.append(args[0].shape[0]) or step(*args)
+
+    monkeypatch.setattr(inference, "_compiled_step", recording)
+    ended = decode_prompts(model, prompts, 40, stops=stops)
+    assert ended[3] == free[3] and len(ended[3]) == 40
+    assert [len(row) for row in ended[:3]] == [1, 1, 1]
+    assert sizes[0] == 4 and sizes[-1] == 1 and len(sizes) == 39  # compacted after the first read-back
 
 
 def test_sampling_draws_each_row_on_its_own(tiny):
