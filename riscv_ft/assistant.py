@@ -372,12 +372,12 @@ class Assistant:
 
     def ask(self, description: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.0,
             decode: str = "greedy", samples: int = 8) -> str:
-        """One answer: greedy (or sampled with a temperature > 0), or with decode="verify" the
-        behavioural majority of the greedy answer and `samples` sampled ones
-        (riscv_ft.evaluate.verified; sampled at `temperature`, 0.7 when it is 0)."""
-        if decode == "greedy":
-            return "".join(self.stream(description, max_tokens, temperature, top_p)).strip()
-        return self.ask_many([description], max_tokens, temperature, top_p, decode=decode, samples=samples)[0]
+        """One answer: greedy (or sampled with a temperature > 0) from riscv_ft.inference's decoder
+        (faster than stream's), or with decode="verify" the behavioural majority of the greedy
+        answer and `samples` sampled ones (riscv_ft.evaluate.verified; sampled at `temperature`,
+        0.7 when it is 0)."""
+        return self.ask_many([description], max_tokens, temperature, top_p, batch_size=1, decode=decode,
+                             samples=samples)[0]
 
     def ask_many(
         self, descriptions: list[str], max_tokens: int = 256, temperature: float = 0.0,

@@ -237,6 +237,9 @@ class EvalConfig:
     num_rows: int = 64
     # Also answer the same rows with the base model before training (base_eval_* metrics).
     baseline: bool = True
+    # Keep the base model's answers on disk (~/.cache/riscv_ft/answers), keyed by the model
+    # folder, the rows and the decode settings, so that a sweep answers them once.
+    cache_base_answers: bool = True
     # Shipped user-style prompts also answered (riscv_ft/data/user_prompts.jsonl; eval_user_*
     # metrics): -1 all of them, 0 none, N the first N (the smoke preset's shortcut).
     user_prompts: int = -1

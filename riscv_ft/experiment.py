@@ -37,6 +37,7 @@ from riscv_ft.data.packing import packed_batches
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
 from riscv_ft.evaluate.model_eval import (answer_rows, compare_table, describe, evaluate_model, headline_metrics, load_user_prompts,
                                          select_rows, write_scored)
+from riscv_ft.inference import model_identity
 from riscv_ft.memory import plan_memory, warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.packed_forward import packing_problem
@@ -236,6 +237,8 @@ def evaluation_sets(splits: dict, cfg: DictConfig) -> dict[str, tuple[list[dict]
 def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str) -> dict[str, tuple[list[dict], dict | None]]:
     """Each set answered (batched, greedy) and, with eval.enabled, scored: name -> (rows, summary)."""
     out = {}
+    # The base model's answers depend only on it and the rows: cached, so a sweep answers them once.
+    identity = model_identity(cfg.model) if who == "base" and cfg.eval.cache_base_answers else None
     for name, (rows, selection) in sets.items():
         if not rows:
             continue
@@ -245,10 +248,10 @@ def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str) -> di
             decode = cfg.eval.decode if who == "tuned" else "greedy"
             scored, summary = evaluate_model(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens,
                                              cfg.eval.assembler, decode=decode, samples=cfg.eval.samples,
-                                             seed=cfg.trainer.seed)
+                                             seed=cfg.trainer.seed, identity=identity)
             summary["selection"] = selection
         else:
-            scored, summary = answer_rows(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens), None
+            scored, summary = answer_rows(model, tokenizer, rows, cfg.data.prompt_format, cfg.eval.max_tokens, identity=identity), None
         out[name] = (scored, summary)
     return out
 

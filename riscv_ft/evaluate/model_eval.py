@@ -21,7 +21,7 @@ from riscv_ft.evaluate.assembler import AssemblerNotFound
 from riscv_ft.evaluate.reference import CLASSES, classify, normalize
 from riscv_ft.evaluate.scorer import score_rows, summarize
 from riscv_ft.evaluate.verified import DECODES, SAMPLES, verified_answers
-from riscv_ft.inference import generate_answers
+from riscv_ft.inference import cached_answers
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,21 @@ def load_user_prompts(path: Path = USER_PROMPTS) -> list[dict]:
 
 
 def answer_rows(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
-                batch_size: int = 32, answers: list[str] | None = None) -> list[dict]:
+                batch_size: int = 32, answers: list[str] | None = None, identity: str | None = None) -> list[dict]:
     """Each row's description answered: {description, reference, prediction} (and the row's
-    category and scratch), the scorer's input. `answers` given: those instead of the model's."""
+    category and scratch), the scorer's input. `answers` given: those instead of the model's.
+    With the model's `identity` (inference.model_identity; base models only) the answers are
+    cached on disk (inference.cached_answers)."""
     if answers is None:
-        answers = generate_answers(model, tokenizer, [r["description"] for r in rows], prompt_format, max_tokens,
-                                   batch_size)
+        answers = cached_answers(identity, model, tokenizer, [r["description"] for r in rows], prompt_format,
+                                 max_tokens, batch_size)
     return [{"description": r["description"], "reference": r["instructions"], "prediction": a,
              **{k: r[k] for k in ROW_FIELDS if k in r}} for r, a in zip(rows, answers)]
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
                    assembler: str = "auto", batch_size: int = 32, decode: str = "greedy",
-                   samples: int = SAMPLES, seed: int | None = None) -> tuple[list[dict], dict]:
+                   samples: int = SAMPLES, seed: int | None = None, identity: str | None = None) -> tuple[list[dict], dict]:
     """Answer each row's description and score the answer against its instructions.
 
     decode="verify": the rows are answered by verified decoding too (the greedy answers are
@@ -88,7 +90,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], prompt_format: str, max_t
     if decode not in DECODES:
         raise ValueError(f"decode={decode!r}: expected one of {', '.join(DECODES)}")
     started = time.perf_counter()
-    pairs = answer_rows(model, tokenizer, rows, prompt_format, max_tokens, batch_size)
+    pairs = answer_rows(model, tokenizer, rows, prompt_format, max_tokens, batch_size, identity=identity)
     greedy_s = time.perf_counter() - started
     try:
         scored = score_rows(pairs, assembler=assembler)
