@@ -414,40 +414,50 @@ def model_identity(model_cfg) -> str | None:
 
 
 def cached_answers(identity: str | None, model, tokenizer, descriptions: list[str], prompt_format: str,
-                   max_tokens: int, batch_size: int = 32, folder=None) -> list[str]:
-    """generate_answers (greedy), remembered under ~/.cache/riscv_ft/answers (RISCV_FT_CACHE
-    moves it) per (model identity, descriptions, prompt format, max_tokens, decoder version):
-    a sweep answers the base model's evaluation rows once. identity=None: no cache."""
+                   max_tokens: int, batch_size: int = 32, folder=None) -> tuple[list[str], float]:
+    """generate_answers (greedy) and the seconds that answering took, remembered under
+    ~/.cache/riscv_ft/answers (RISCV_FT_CACHE moves it) per (model identity, descriptions, prompt
+    format, max_tokens, decoder version): a sweep answers the base model's evaluation rows once.
+    A hit returns the stored seconds, so a report's cost per answer stays the cost of answering.
+    identity=None: no cache."""
     import json
     import os
     import tempfile
+    import time
     from pathlib import Path
 
     from riscv_ft.sources import cache_dir
 
+    def answer() -> tuple[list[str], float]:
+        started = time.perf_counter()
+        answers = generate_answers(model, tokenizer, descriptions, prompt_format, max_tokens, batch_size)
+        return answers, time.perf_counter() - started
+
     if identity is None:
-        return generate_answers(model, tokenizer, descriptions, prompt_format, max_tokens, batch_size)
+        return answer()
     key = _digest({"model": identity, "descriptions": descriptions, "prompt_format": prompt_format,
                    "max_tokens": max_tokens, "decoder": DECODER_VERSION, "temperature": 0.0})
     folder = Path(folder) if folder is not None else cache_dir() / "answers"
     path = folder / f"{key}.json"
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(stored, list) and len(stored) == len(descriptions) and all(isinstance(a, str) for a in stored):
-            return stored
-    except (OSError, ValueError):
-        pass  # absent or unreadable: answer again and rewrite it
-    answers = generate_answers(model, tokenizer, descriptions, prompt_format, max_tokens, batch_size)
+        answers, seconds = stored["answers"], stored["seconds"]
+        if (isinstance(answers, list) and len(answers) == len(descriptions) and all(isinstance(a, str) for a in answers)
+                and isinstance(seconds, (int, float)) and seconds >= 0):
+            return answers, float(seconds)
+    except (OSError, ValueError, TypeError, KeyError):
+        pass  # absent, unreadable or of another layout: answer again and rewrite it
+    answers, seconds = answer()
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(answers, f, ensure_ascii=False)
+            json.dump({"answers": answers, "seconds": seconds}, f, ensure_ascii=False)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return answers
+    return answers, seconds
 
 
 def _plain(value):

@@ -125,9 +125,9 @@ def test_base_answers_are_cached_per_model_rows_and_settings(tiny, tmp_path, mon
     monkeypatch.setattr(inference, "generate_answers", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
 
     first = cached_answers(identity, model, tokenizer, DESCRIPTIONS[:2], "chat", 6, folder=tmp_path)
-    assert len(calls) == 1 and len(list(tmp_path.glob("*.json"))) == 1
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.json"))) == 1 and first[1] > 0
     assert cached_answers(identity, model, tokenizer, DESCRIPTIONS[:2], "chat", 6, folder=tmp_path) == first
-    assert len(calls) == 1  # hit
+    assert len(calls) == 1  # hit, with the seconds the answering took (a report's cost per answer)
     cached_answers(identity, model, tokenizer, DESCRIPTIONS[:2], "chat", 7, folder=tmp_path)  # other max_tokens
     cached_answers(identity, model, tokenizer, DESCRIPTIONS[:3], "chat", 6, folder=tmp_path)  # other rows
     cached_answers(identity, model, tokenizer, DESCRIPTIONS[:2], "completion", 6, folder=tmp_path)  # other format
@@ -137,9 +137,9 @@ def test_base_answers_are_cached_per_model_rows_and_settings(tiny, tmp_path, mon
     # A damaged file is answered again and rewritten.
     for path in tmp_path.glob("*.json"):
         path.write_text("{not json")
-    assert cached_answers(identity, model, tokenizer, DESCRIPTIONS[:2], "chat", 6, folder=tmp_path) == first
+    assert cached_answers(identity, model, tokenizer, DESCRIPTIONS[:2], "chat", 6, folder=tmp_path)[0] == first[0]
     assert len(calls) == 5
-    assert all(isinstance(json.loads(p.read_text()), list) for p in tmp_path.glob("*.json") if p.stat().st_size > 20)
+    assert all(isinstance(json.loads(p.read_text())["answers"], list) for p in tmp_path.glob("*.json") if p.stat().st_size > 20)
 
 
 def test_the_model_identity_follows_the_folders_files(tmp_path, monkeypatch):

@@ -73,8 +73,8 @@ def answer_rows(model, tokenizer, rows: list[dict], prompt_format: str, max_toke
     With the model's `identity` (inference.model_identity; base models only) the answers are
     cached on disk (inference.cached_answers)."""
     if answers is None:
-        answers = cached_answers(identity, model, tokenizer, [r["description"] for r in rows], prompt_format,
-                                 max_tokens, batch_size)
+        answers, _ = cached_answers(identity, model, tokenizer, [r["description"] for r in rows], prompt_format,
+                                    max_tokens, batch_size)
     return [{"description": r["description"], "reference": r["instructions"], "prediction": a,
              **{k: r[k] for k in ROW_FIELDS if k in r}} for r, a in zip(rows, answers)]
 
@@ -89,9 +89,10 @@ def evaluate_model(model, tokenizer, rows: list[dict], prompt_format: str, max_t
     answer's verdict and the summary a `verified` block."""
     if decode not in DECODES:
         raise ValueError(f"decode={decode!r}: expected one of {', '.join(DECODES)}")
-    started = time.perf_counter()
-    pairs = answer_rows(model, tokenizer, rows, prompt_format, max_tokens, batch_size, identity=identity)
-    greedy_s = time.perf_counter() - started
+    # a cached base answer costs what answering it took when it was made (cached_answers)
+    answers, greedy_s = cached_answers(identity, model, tokenizer, [r["description"] for r in rows], prompt_format,
+                                       max_tokens, batch_size)
+    pairs = answer_rows(model, tokenizer, rows, prompt_format, max_tokens, answers=answers)
     try:
         scored = score_rows(pairs, assembler=assembler)
     except AssemblerNotFound as err:
