@@ -298,9 +298,14 @@ def _kv_shapes(model) -> list[tuple[int, int, int, mx.Dtype]]:
     shapes = []
     for layer in model.model.layers:
         attn = layer.self_attn
-        k_out = _out_features(attn.k_proj)
-        v_out = _out_features(attn.v_proj)
-        dtype = _weight_dtype(attn.k_proj)
+        if "qkv_proj" in attn:  # trainer.fuse_lora: q, k and v rows side by side in one layer (k and v alike)
+            head_dim = _out_features(attn.qkv_proj) // (attn.n_heads + 2 * attn.n_kv_heads)
+            k_out = v_out = head_dim * attn.n_kv_heads
+            dtype = _weight_dtype(attn.qkv_proj)
+        else:
+            k_out = _out_features(attn.k_proj)
+            v_out = _out_features(attn.v_proj)
+            dtype = _weight_dtype(attn.k_proj)
         shapes.append((attn.n_kv_heads, k_out // attn.n_kv_heads, v_out // attn.n_kv_heads, dtype))
     return shapes
 
