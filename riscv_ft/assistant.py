@@ -170,8 +170,8 @@ def source_from_adapter(
 def run_folder_from_mlflow(run_id: str, tracking_uri: str | None = None, prefer_local: bool = True) -> Path:
     """The folder of an MLflow run: its `run_dir` tag if that folder is here, else its
     config.yaml and adapters/ artifacts downloaded (once) under the riscv_ft cache."""
-    from riscv_ft.track import default_store
-    from riscv_ft.track import tracking_uri as resolve_uri
+    from riscv_ft.tracking.store import default_store
+    from riscv_ft.tracking.store import tracking_uri as resolve_uri
 
     if tracking_uri is None and not (default_store() / "mlflow.db").is_file():
         # Opening a SQLite URI would create an empty store; say what is missing instead.

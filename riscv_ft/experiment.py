@@ -44,7 +44,8 @@ from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
 from riscv_ft.runtime import INSTALL_HINT, blas_in_use
 from riscv_ft.trainer import Interrupted, Trainer, TrainState
-from riscv_ft.track import environment_tags, flatten, tracked_run
+from riscv_ft.tracking.run import environment_tags, tracked_run
+from riscv_ft.tracking.store import flatten
 
 log = logging.getLogger(__name__)
 

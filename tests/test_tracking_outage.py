@@ -107,10 +107,11 @@ def test_killing_and_restarting_the_server_mid_run_loses_no_metric_point(tmp_pat
 
 def test_push_sends_what_a_run_kept_and_says_so_in_one_line_when_the_server_is_away(tmp_path):
     """What an outbox still holds when a run ends (its server never came back) is sent by
-    `python -m riscv_ft.track push RUN`, once."""
+    `python -m riscv_ft.tracking push RUN`, once."""
     from mlflow import MlflowClient
 
-    from riscv_ft.track import Tracker, _Outbox
+    from riscv_ft.tracking.outbox import _Outbox
+    from riscv_ft.tracking.run import Tracker
 
     server_root, run_dir = tmp_path / "server", tmp_path / "run"
     server_root.mkdir()
@@ -134,7 +135,7 @@ def test_push_sends_what_a_run_kept_and_says_so_in_one_line_when_the_server_is_a
         tracker._send("end", status="FINISHED")
         assert tracker.outbox.close(timeout_s=1.0) == 5
 
-        push = [sys.executable, "-m", "riscv_ft.track", "push", str(run_dir)]
+        push = [sys.executable, "-m", "riscv_ft.tracking", "push", str(run_dir)]
         away = subprocess.run(push, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert away.returncode == 2 and away.stderr.startswith("error: cannot reach MLflow") and "5 calls are still kept" in away.stderr
         assert len(away.stderr.strip().splitlines()) == 1 and "Traceback" not in away.stderr
