@@ -12,11 +12,14 @@ To browse the store, from the folder the runs were started in:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -85,41 +88,75 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict:
     return flat
 
 
-def _create_default_store() -> None:
-    """Create the SQLite file once, with every artifact root inside mlruns/.
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
-    Left to MLflow, the first client to open a new database roots the Default experiment's
-    artifacts at ./mlruns of whatever directory it was started from.
+
+@contextmanager
+def store_lock(uri: str | None) -> Iterator[None]:
+    """One process at a time creates, migrates or adds experiments to a local SQLite store.
+
+    Without it, processes started together (sweep workers, runs launched at once) raced in
+    MLflow's check-then-create: `table experiments already exists`, `Online migration expected
+    to match one row`, once a store left half-migrated. The lock is an flock on a file beside
+    the database, so it is released by the kernel if its holder dies. A remote server
+    serialises on its own: no lock.
     """
-    db = default_store() / "mlflow.db"
-    if db.exists():
+    db = sqlite_path(tracking_uri(uri))
+    if db is None:
+        yield
         return
     db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _create_store(uri: str | None) -> None:
+    """Create a local SQLite store once, whole: built under a temporary name and renamed into
+    place, so no process ever opens a database that is still being migrated. (Call it under
+    store_lock.) The project's own store gets every artifact root inside mlruns/: left to
+    MLflow, the Default experiment's artifacts would go to ./mlruns of the current folder.
+    """
+    db = sqlite_path(tracking_uri(uri))
+    if db is None or db.exists():
+        return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    store = SqlAlchemyStore(tracking_uri(None), artifact_location())
-    store.engine.dispose()
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        artifacts = artifact_location() if uri is None else (db.parent / "artifacts").as_uri()
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", artifacts)
+        store.engine.dispose()
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def ensure_experiment(uri: str | None, name: str) -> str:
-    """Create (once) the experiment, with artifacts beside the SQLite file when local."""
+    """Create (once) the store and the experiment, with artifacts beside the SQLite file when local."""
     import mlflow
 
-    if uri is None:
-        _create_default_store()
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or set tracking.experiment_name"
-            )
-        return experiment.experiment_id
-    location = artifact_location() if uri is None else None
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except Exception:  # noqa: BLE001 - another process created it first
-        return mlflow.get_experiment_by_name(name).experiment_id
+    with store_lock(uri):
+        _create_store(uri)
+        mlflow.set_tracking_uri(tracking_uri(uri))
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                raise TrackingError(
+                    f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or set tracking.experiment_name"
+                )
+            return experiment.experiment_id
+        location = artifact_location() if uri is None else None
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - another client of a remote server created it first
+            return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def _first_line(err: Exception) -> str:
@@ -173,6 +210,10 @@ def client(uri: str | None, must_exist: bool = False):
     resolved = tracking_uri(uri)
     if must_exist and resolved.startswith("sqlite:///") and not Path(resolved[len("sqlite:///") :]).exists():
         raise TrackingError(f"no MLflow store at {resolved[len('sqlite:///'):]} (set RISCV_FT_MLRUNS or pass a tracking URI)")
+    db = sqlite_path(resolved)
+    if db is not None and not db.exists():  # MLflow would create and migrate it unlocked
+        with store_lock(uri):
+            _create_store(uri)
     return MlflowClient(tracking_uri=resolved)
 
 
