@@ -19,12 +19,14 @@ from typing import Iterator
 
 from omegaconf import DictConfig
 
-from riscv_ft.tracking.calls import _columns, _deliver
-from riscv_ft.tracking.outbox import _Outbox
+from riscv_ft.tracking.calls import _columns, _deliver, dataset_summary
+from riscv_ft.tracking.outbox import Outbox
 from riscv_ft.tracking.store import (FAILURE_TAG, JOB_ENV, JOB_TAG, MODEL_URI_TAG, OVERRIDES_ENV, OVERRIDES_TAG, PARENT_ENV,
                                      PARENT_TAG, PROJECT_ROOT, _is_local, client, ensure_experiment, tracking_uri)
 
 log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"  # RUN/mlflow_run_id: the MLflow run this folder belongs to
 
 
 class Tracker:
@@ -34,9 +36,15 @@ class Tracker:
     straight to the store.
     """
 
-    def __init__(self, run=None, outbox: "_Outbox | None" = None):
+    def __init__(self, run=None, outbox: "Outbox | None" = None, run_dir: Path | None = None):
         self.run = run
         self.outbox = outbox
+        self.run_dir = Path(run_dir if run_dir is not None else outbox.run_dir if outbox is not None else ".")
+
+    @property
+    def key(self) -> str | None:
+        """What names this run in its outbox: the MLflow run id, or an offline run's key."""
+        return self.outbox.key if self.outbox is not None else self.run_id
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +65,7 @@ class Tracker:
         else:
             import mlflow
 
-            _deliver(client(mlflow.get_tracking_uri()), self.run_id, op, args)
+            _deliver(client(mlflow.get_tracking_uri()), self.run_id, op, args, self.run_dir)
 
     def log_params(self, params: dict) -> None:
         if self.enabled:
@@ -74,35 +82,37 @@ class Tracker:
             return
         if Path(path).is_dir():
             artifact_path = artifact_path or Path(path).name
-        self._send("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
+        resolved, root = Path(path).resolve(), self.run_dir.resolve()
+        if not resolved.is_relative_to(root):  # calls name paths inside the run folder only (push checks it)
+            log.warning("not logged: %s lies outside the run folder %s", path, root)
+            return
+        self._send("artifact", path=str(resolved.relative_to(root)), artifact_path=artifact_path)
 
     def log_table(self, rows: list[dict], name: str) -> None:
         if self.enabled and rows:
             self._send("table", data=_columns(rows), artifact_file=name)
 
     def log_dataset(self, rows: list[dict], source: str, digest: str, name: str) -> None:
+        """The training split as a run input: digest, schema, profile and source, not its rows."""
         if self.enabled:
-            self._send("dataset", rows=rows, source=source, digest=digest, name=name)
+            schema, profile = dataset_summary(rows)
+            self._send("dataset", source=source, digest=digest, name=name, schema=schema, profile=profile)
 
     def set_tags(self, tags: dict) -> None:
         if self.enabled:
             self._send("tags", tags={k: str(v) for k, v in tags.items()})
 
-    def log_model(self, run_dir: Path, model=None, tokenizer=None) -> None:
-        """The run's adapter as an MLflow model (riscv_ft/mlflow_model.py); a failure is
-        logged, not raised: the run itself is complete by then."""
+    def log_model(self, model_dir: Path) -> None:
+        """A saved MLflow model in the run folder (riscv_ft/mlflow_model.py saves it) as the run's
+        logged model, through the same queue as every call: a run whose server is away at the
+        end gets it when `push` sends the rest."""
         if not self.enabled:
             return
-        if self.offline:  # logged by `push`, from the folder as it is then
-            self._send("model", run_dir=str(Path(run_dir).resolve()))
+        resolved, root = Path(model_dir).resolve(), self.run_dir.resolve()
+        if not resolved.is_relative_to(root):
+            log.warning("MLflow model not logged: %s lies outside the run folder %s", model_dir, root)
             return
-        from riscv_ft.mlflow_model import log_run_model
-
-        try:
-            # The model itself is logged straight to the server (MLflow's own API); its tag goes the usual way.
-            self._send("tags", tags={MODEL_URI_TAG: log_run_model(run_dir, model, tokenizer)})
-        except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; the adapter is logged anyway
-            log.warning("could not log the run's MLflow model: %s: %s", type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
+        self._send("model", dir=str(resolved.relative_to(root)))
 
     def finish(self, status: str, reason: str | None = None, flush_timeout_s: float = 60.0) -> None:
         """End the run (status and failure reason sent like any other call), wait up to
@@ -171,10 +181,11 @@ def end_active_run(status: str = "KILLED") -> None:
 
 
 @contextmanager
-def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | None = None, enabled: bool = True) -> Iterator[Tracker]:
+def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | None = None, enabled: bool = True,
+                key: str | None = None) -> Iterator[Tracker]:
     """An MLflow run around a training run: FINISHED, FAILED (reason tag) or KILLED.
 
-    With `run_id`, the existing run is continued (resume). The run is created while the
+    With `run_id` (or an offline run's outbox `key`), the existing run is continued (resume). The run is created while the
     server answers; after that, a remote server's calls go through an outbox (see above).
     """
     if not (cfg.tracking.enabled and enabled):  # enabled=False: a data-parallel rank other than 0
@@ -183,22 +194,26 @@ def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | Non
     flush = float(cfg.tracking.get("flush_timeout_s", 60.0))
     if cfg.tracking.get("offline", False):
         offline_run = {"experiment": cfg.tracking.experiment_name, "run_name": run_name, "tags": sweep_tags_from_env()}
-        tracker = Tracker(None, _Outbox(run_dir, cfg.tracking.uri, None, offline_run))
+        tracker = Tracker(None, Outbox(run_dir, cfg.tracking.uri, None, offline_run, key=key))
         log.info("tracking.offline: MLflow calls go to %s, for `python -m riscv_ft.tracking push` later", tracker.outbox.path)
         with _finished(tracker, flush):
             yield tracker
         return
     import mlflow
 
-    experiment_id = ensure_experiment(cfg.tracking.uri, cfg.tracking.experiment_name)
+    experiment_id = ensure_experiment(cfg.tracking.uri, cfg.tracking.experiment_name)  # says in one line if unreachable
     # A run id left in the environment would silently become this run's parent.
     os.environ.pop("MLFLOW_RUN_ID", None)
     end_active_run("KILLED")
     tags = None if run_id else (sweep_tags_from_env() or None)
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=None if run_id else run_name, tags=tags)
     uri = tracking_uri(cfg.tracking.uri)
-    outbox = None if _is_local(uri) else _Outbox(run_dir, uri, run.info.run_id)
-    tracker = Tracker(run, outbox)
+    # Which MLflow run this folder holds: riscv-ft-generate run=<id> checks it before trusting
+    # the run's run_dir tag (a folder can be reused by another run).
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / RUN_ID_FILE).write_text(run.info.run_id + "\n")
+    outbox = None if _is_local(uri) else Outbox(run_dir, uri, run.info.run_id)
+    tracker = Tracker(run, outbox, run_dir)
     with _finished(tracker, flush):
         yield tracker
 

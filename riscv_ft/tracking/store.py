@@ -138,6 +138,31 @@ def _create_store(uri: str | None) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def unreachable(uri: str | None, err: Exception | str) -> str:
+    """The one line said when the tracking server cannot be used at a run's start."""
+    why = err if isinstance(err, str) else _first_line(err)
+    return (f"cannot reach the MLflow tracking server at {tracking_uri(uri)} ({why}); start it, or train without it: "
+            "tracking.offline=true keeps every call in the run folder for `python -m riscv_ft.tracking push RUN --uri URI` "
+            "later (or tracking.enabled=false)")
+
+
+def check_reachable(uri: str | None, timeout_s: float = 10.0) -> None:
+    """Raise TrackingError (one line) when a remote tracking server does not answer: called
+    before the model loads, so a run does not spend minutes loading and then fail."""
+    resolved = tracking_uri(uri)
+    if not resolved.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:  # any HTTP answer (even 401/404) means a server is there; the run's own calls say more
+        urllib.request.urlopen(resolved.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as err:
+        raise TrackingError(unreachable(uri, getattr(err, "reason", None) and str(err.reason) or _first_line(err))) from err
+
+
 def ensure_experiment(uri: str | None, name: str) -> str:
     """Create (once) the store and the experiment, with artifacts beside the SQLite file when local."""
     import mlflow
@@ -145,7 +170,10 @@ def ensure_experiment(uri: str | None, name: str) -> str:
     with store_lock(uri):
         _create_store(uri)
         mlflow.set_tracking_uri(tracking_uri(uri))
-        experiment = mlflow.get_experiment_by_name(name)
+        try:
+            experiment = mlflow.get_experiment_by_name(name)
+        except Exception as err:  # noqa: BLE001 - MLflow and requests raise many kinds
+            raise TrackingError(unreachable(uri, err)) from err
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 raise TrackingError(
