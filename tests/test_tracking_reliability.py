@@ -243,3 +243,55 @@ def test_the_model_goes_through_the_outbox_and_reaches_the_store_with_push(tmp_p
 class _Echo(__import__("mlflow").pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         return list(model_input) if not hasattr(model_input, "iloc") else model_input.iloc[:, 0].tolist()
+
+
+# ---------------------------------------------------------------- run start, run=<id>, the served model
+
+
+def test_an_unreachable_server_at_run_start_is_one_line_before_the_model_loads(tmp_path):
+    """Item 13c: 116 lines of MlflowException, printed after the model had loaded."""
+    from tests.test_mlflow_ui import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    run_dir = tmp_path / "run"
+    train = subprocess.run([PY, "-m", "riscv_ft.train", "experiment=smoke", "trainer.iters=2", f"tracking.uri={url}",
+                            f"hydra.run.dir={run_dir}"], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=300)
+    assert train.returncode == 2 and "Traceback" not in train.stderr, train.stderr[-3000:]
+    errors = [line for line in train.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and url in errors[0] and "tracking.offline=true" in errors[0]
+    assert "trainable parameters" not in (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else True
+
+
+def test_run_id_is_refused_in_one_line_when_its_folder_now_holds_another_run(tmp_path, monkeypatch):
+    """Item 5: riscv-ft-generate run=<id> trusted the run_dir tag and loaded the adapter of
+    another run that had reused the folder."""
+    import pytest
+
+    from riscv_ft.assistant import AssistantError, run_folder_from_mlflow
+
+    uri, mlflow_client = _store(tmp_path)
+    experiment_id = mlflow_client.get_experiment_by_name("reliability").experiment_id
+    folder = tmp_path / "run"
+    (folder / "adapters").mkdir(parents=True)
+    (folder / "config.yaml").write_text("model: {}\n")
+    (folder / "adapters" / "adapters.safetensors").write_bytes(b"")
+    old, new = (mlflow_client.create_run(experiment_id, tags={"run_dir": str(folder)}).info.run_id for _ in range(2))
+    (folder / "mlflow_run_id").write_text(new + "\n")  # the second run took the folder over
+    assert run_folder_from_mlflow(new, uri) == folder
+    with pytest.raises(AssistantError, match=f"now holds MLflow run {new}"):
+        run_folder_from_mlflow(old, uri)
+
+
+def test_the_served_model_pins_riscv_ft_to_this_source_and_bounds_a_request():
+    """Also seen: the logged model required a bare riscv_ft==0.1.0 (dependency confusion), and
+    predict bounded neither max_tokens nor the number of rows."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    from riscv_ft.mlflow_model import MAX_ROWS, MAX_TOKENS, _check_bounds, _own_requirement
+
+    assert _own_requirement() == f"riscv_ft @ {REPO.as_uri()}"
+    _check_bounds(MAX_ROWS, {"max_tokens": MAX_TOKENS})
+    for rows, tokens in ((MAX_ROWS + 1, 8), (1, MAX_TOKENS + 1), (1, 0), (1, "many")):
+        with pytest.raises(MlflowException):
+            _check_bounds(rows, {"max_tokens": tokens})

@@ -79,10 +79,9 @@ def _push_one(run_dir: Path, path: Path, uri: str | None, build_model) -> int:
     if run_id is None and pending:
         try:
             run_id = _create_offline_run(path, header, uri)
-        except TrackingError:
-            raise
         except Exception as err:  # noqa: BLE001 - MLflow and requests raise many kinds
-            raise TrackingError(f"cannot create the run in MLflow at {where} ({_first_line(err)}); "
+            why = _first_line(err.__cause__) if isinstance(err, TrackingError) and err.__cause__ else _first_line(err)
+            raise TrackingError(f"cannot create the run in MLflow at {where} ({why}); "
                                 f"all {len(pending)} calls are still kept in {path}") from err
     if path.name == OUTBOX and run_id:
         (run_dir / RUN_ID_FILE).write_text(run_id + "\n")
