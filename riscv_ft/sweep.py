@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from riscv_ft.tracking import run as tracking_run
 from riscv_ft.tracking import store, sweep_runs
+from riscv_ft.tracking.calls import retrying
 from riscv_ft.compare import comparison_table, format_markdown, format_text, varying_settings, write_csv
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class MlflowSweepCallback(Callback):
             params["sweep.params"] = json.dumps(OmegaConf.to_container(hydra_cfg.sweeper.params, resolve=True))
         name = f"sweep-{config.run_name or config.model.name}-{self.sweep_dir.name}"
         tags = {"sweep_dir": self.sweep_dir, "git_commit": tracking_run.git_commit()}
-        self.parent_run_id = sweep_runs.start_sweep_run(self.uri, self.experiment_name, name, params, tags)
+        self.parent_run_id = retrying(lambda: sweep_runs.start_sweep_run(self.uri, self.experiment_name, name, params, tags))
         os.environ[store.PARENT_ENV] = self.parent_run_id
         os.environ.pop("MLFLOW_RUN_ID", None)  # would override the parent of every job's run
         atexit.register(self._at_exit)
@@ -194,10 +195,10 @@ class MlflowSweepCallback(Callback):
         if reason:
             tags[store.FAILURE_TAG] = reason
         table = [{c: row.get(c) for c in columns} for row in rows]
-        sweep_runs.finish_sweep_run(
+        retrying(lambda: sweep_runs.finish_sweep_run(
             self.uri, self.parent_run_id, status, metrics=metrics, tags=tags, table=table,
             table_name="sweep_summary.json", files=[f for f in files if f],
-        )
+        ))
         log.info("%s\n%s", title, format_text(columns, rows))
 
     def _register(self, run_id: str) -> dict:
@@ -248,7 +249,8 @@ class MlflowSweepCallback(Callback):
     def _record_if_missing(self, config: DictConfig, job_return: JobReturn, last_error: str | None) -> None:
         """A FAILED run for a job that failed before tracked_run started its run."""
         job_cfg = job_return.cfg if job_return.cfg is not None else config
-        if not job_cfg.tracking.enabled or job_cfg.tracking.offline or store.job_run(self.uri, self.parent_run_id, config.hydra.job.num):
+        if not job_cfg.tracking.enabled or job_cfg.tracking.offline or retrying(
+                lambda: store.job_run(self.uri, self.parent_run_id, config.hydra.job.num)):
             return
         if job_return.status == JobStatus.FAILED:
             err = job_return._return_value
@@ -262,7 +264,7 @@ class MlflowSweepCallback(Callback):
         from riscv_ft.experiment import run_name
 
         tags = {**tracking_run.sweep_tags_from_env(), "run_dir": config.hydra.runtime.output_dir}
-        run_id = sweep_runs.record_failed_job(self.uri, self.experiment_name, run_name(job_cfg), params, tags, reason)
+        run_id = retrying(lambda: sweep_runs.record_failed_job(self.uri, self.experiment_name, run_name(job_cfg), params, tags, reason))
         log.error("job %s failed before training; recorded as FAILED MLflow run %s", config.hydra.job.num, run_id)
 
 

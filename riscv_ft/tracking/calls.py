@@ -13,10 +13,11 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
-from riscv_ft.tracking.store import MODEL_URI_TAG
+from riscv_ft.tracking.store import MODEL_URI_TAG, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,24 @@ def refused(err: Exception) -> bool:
     if isinstance(err, RestException) and err.get_http_status_code() not in (400, 409):
         return False
     return err.error_code in REFUSAL_CODES
+
+
+def retrying(call, window_s: float = 90.0):
+    """call() again, pausing 1 s growing to 10 s, while the server is away (never after a
+    refusal), for up to window_s: the calls made straight to the server (a run's creation, a
+    sweep's parent run) then ride out a restart instead of losing the run's record. The
+    soak (benchmarks/soak_tracking.py) lost a sweep job that started during a 10 s outage."""
+    deadline, pause = time.monotonic() + window_s, 1.0
+    while True:
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - MLflow and requests raise many kinds
+            final = refused(err) or (isinstance(err, TrackingError) and err.__cause__ is None)
+            if final or time.monotonic() + pause > deadline:
+                raise
+            log.warning("MLflow does not answer (%s); trying again in %.0f s", str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
 
 
 def inside(run_dir: Path, relative: str) -> Path:

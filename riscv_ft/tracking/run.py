@@ -19,9 +19,9 @@ from typing import Iterator
 
 from omegaconf import DictConfig
 
-from riscv_ft.tracking.calls import _columns, _deliver, dataset_summary
+from riscv_ft.tracking.calls import _columns, _deliver, dataset_summary, retrying
 from riscv_ft.tracking.outbox import Outbox
-from riscv_ft.tracking.store import (FAILURE_TAG, JOB_ENV, JOB_TAG, MODEL_URI_TAG, OVERRIDES_ENV, OVERRIDES_TAG, PARENT_ENV,
+from riscv_ft.tracking.store import (FAILURE_TAG, JOB_ENV, JOB_TAG, OVERRIDES_ENV, OVERRIDES_TAG, PARENT_ENV,
                                      PARENT_TAG, PROJECT_ROOT, _is_local, client, ensure_experiment, tracking_uri)
 
 log = logging.getLogger(__name__)
@@ -201,12 +201,14 @@ def tracked_run(cfg: DictConfig, run_dir: Path, run_name: str, run_id: str | Non
         return
     import mlflow
 
-    experiment_id = ensure_experiment(cfg.tracking.uri, cfg.tracking.experiment_name)  # says in one line if unreachable
+    # Checked before the model loaded (check_reachable); a restart since then is waited out.
+    experiment_id = retrying(lambda: ensure_experiment(cfg.tracking.uri, cfg.tracking.experiment_name))
     # A run id left in the environment would silently become this run's parent.
     os.environ.pop("MLFLOW_RUN_ID", None)
     end_active_run("KILLED")
     tags = None if run_id else (sweep_tags_from_env() or None)
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=None if run_id else run_name, tags=tags)
+    run = retrying(lambda: mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                                            run_name=None if run_id else run_name, tags=tags))
     uri = tracking_uri(cfg.tracking.uri)
     # Which MLflow run this folder holds: riscv-ft-generate run=<id> checks it before trusting
     # the run's run_dir tag (a folder can be reused by another run).
