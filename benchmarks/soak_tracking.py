@@ -114,13 +114,14 @@ def main() -> int:
         ran_to_end = (folder / "metrics.json").is_file()
         run_id = (folder / "mlflow_run_id").read_text().strip() if (folder / "mlflow_run_id").is_file() else None
         mine = [r for r in children if r.data.tags.get("run_dir") == str(folder)]
-        if len(mine) == 1 and mine[0].info.run_id == run_id:
+        failed_early = run_id is None and "job failed" in (folder / "train.log").read_text()  # recorded by the sweep
+        if len(mine) == 1 and (mine[0].info.run_id == run_id or failed_early):
             ok["once"] += 1
         else:
             problems.append(f"{folder.name}: {len(mine)} runs in the store with its run_dir (folder names {run_id})")
             continue
         run = mine[0]
-        same = all(sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run.info.run_id, key)) == history_of(folder, key)
+        same = failed_early or all(sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run.info.run_id, key)) == history_of(folder, key)
                    for key in ("train_loss", "val_loss"))
         ok["history"] += same
         if not same:
@@ -129,7 +130,9 @@ def main() -> int:
         ok["model"] += has_model or not ran_to_end
         if ran_to_end and not has_model:
             problems.append(f"{folder.name}: no logged model")
-        truth = "FINISHED" if ran_to_end else "KILLED"
+        truth = "FINISHED" if ran_to_end else "FAILED" if failed_early else "KILLED"
+        if failed_early:
+            problems.append(f"{folder.name}: the job failed before training (recorded FAILED)")
         ok["status"] += run.info.status == truth
         if run.info.status != truth:
             problems.append(f"{folder.name}: status {run.info.status}, but it ended {truth}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from riscv_ft.plots import plot_losses
 from riscv_ft.runtime import INSTALL_HINT, blas_in_use
 from riscv_ft.trainer import Interrupted, Trainer, TrainState
 from riscv_ft.tracking.run import environment_tags, tracked_run
-from riscv_ft.tracking.store import check_reachable, flatten
+from riscv_ft.tracking.store import PARENT_ENV, check_reachable, flatten
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     memory = warn_if_too_big(cfg)  # say which knobs help if it will not fit
     if main_process and cfg.tracking.enabled and not cfg.tracking.offline:
-        check_reachable(cfg.tracking.uri)  # one line now, not a traceback after minutes of loading
+        # One line now, not a traceback after minutes of loading. A sweep job waits out a restart.
+        check_reachable(cfg.tracking.uri, wait_s=90.0 if os.environ.get(PARENT_ENV) else 0.0)
     loaded = load_base(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     data = prepare(cfg.data, tokenizer, cfg.trainer.seed, rows)

@@ -146,21 +146,30 @@ def unreachable(uri: str | None, err: Exception | str) -> str:
             "later (or tracking.enabled=false)")
 
 
-def check_reachable(uri: str | None, timeout_s: float = 10.0) -> None:
+def check_reachable(uri: str | None, timeout_s: float = 10.0, wait_s: float = 0.0) -> None:
     """Raise TrackingError (one line) when a remote tracking server does not answer: called
-    before the model loads, so a run does not spend minutes loading and then fail."""
+    before the model loads, so a run does not spend minutes loading and then fail. wait_s:
+    how long to keep asking first (a sweep job: its server answered when the sweep started,
+    so silence now is most likely a restart)."""
     resolved = tracking_uri(uri)
     if not resolved.startswith(("http://", "https://")):
         return
+    import time
     import urllib.error
     import urllib.request
 
-    try:  # any HTTP answer (even 401/404) means a server is there; the run's own calls say more
-        urllib.request.urlopen(resolved.rstrip("/") + "/health", timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return
-    except (OSError, ValueError) as err:
-        raise TrackingError(unreachable(uri, getattr(err, "reason", None) and str(err.reason) or _first_line(err))) from err
+    deadline, pause = time.monotonic() + wait_s, 1.0
+    while True:
+        try:  # any HTTP answer (even 401/404) means a server is there; the run's own calls say more
+            urllib.request.urlopen(resolved.rstrip("/") + "/health", timeout=timeout_s).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except (OSError, ValueError) as err:
+            if time.monotonic() + pause > deadline:
+                raise TrackingError(unreachable(uri, getattr(err, "reason", None) and str(err.reason) or _first_line(err))) from err
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
 
 
 def ensure_experiment(uri: str | None, name: str) -> str:
