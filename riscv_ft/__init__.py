@@ -2,7 +2,7 @@
 generator, and track every run in MLflow.
 
 Data flow: data (riscv_ft.data) -> model (riscv_ft.model) -> training loop
-(riscv_ft.trainer) -> evaluation (riscv_ft.evaluate) -> tracking (riscv_ft.track), put
+(riscv_ft.trainer) -> evaluation (riscv_ft.evaluate) -> tracking (riscv_ft.tracking), put
 together for one run by riscv_ft.experiment and started by `python -m riscv_ft.train`.
 """
 

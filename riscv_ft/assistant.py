@@ -170,8 +170,8 @@ def source_from_adapter(
 def run_folder_from_mlflow(run_id: str, tracking_uri: str | None = None, prefer_local: bool = True) -> Path:
     """The folder of an MLflow run: its `run_dir` tag if that folder is here, else its
     config.yaml and adapters/ artifacts downloaded (once) under the riscv_ft cache."""
-    from riscv_ft.track import default_store
-    from riscv_ft.track import tracking_uri as resolve_uri
+    from riscv_ft.tracking.store import default_store
+    from riscv_ft.tracking.store import tracking_uri as resolve_uri
 
     if tracking_uri is None and not (default_store() / "mlflow.db").is_file():
         # Opening a SQLite URI would create an empty store; say what is missing instead.
@@ -186,7 +186,15 @@ def run_folder_from_mlflow(run_id: str, tracking_uri: str | None = None, prefer_
         raise AssistantError(f"run={run_id}: not found in MLflow at {resolve_uri(tracking_uri)} ({_first_line(err)})") from err
     local = run.data.tags.get("run_dir")
     if prefer_local and local and (Path(local) / "config.yaml").is_file() and (Path(local) / "adapters" / "adapters.safetensors").is_file():
-        return Path(local)
+        # The tag names where the run was, not what is there now: a reused folder holds
+        # another run's adapters. RUN/mlflow_run_id says whose they are.
+        owner_file = Path(local) / "mlflow_run_id"
+        owner = owner_file.read_text().strip() if owner_file.is_file() else None
+        if owner == run_id:
+            return Path(local)
+        if owner is not None:
+            raise AssistantError(f"run={run_id}: its folder {local} now holds MLflow run {owner} (the folder was reused); "
+                                 f"pass that folder's run id, or move the folder away to use run {run_id}'s logged artifacts")
 
     folder = cache_dir() / "mlflow-runs" / run_id
     if (folder / "config.yaml").is_file() and (folder / "adapters" / "adapters.safetensors").is_file():

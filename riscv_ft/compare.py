@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from riscv_ft.config import TrackingConfig
-from riscv_ft.track import FAILURE_TAG, PARENT_TAG, RunRecord, TrackingError
+from riscv_ft.tracking.store import FAILURE_TAG, PARENT_TAG, RunRecord, TrackingError
 
 MAIN_METRICS = (
     "final_val_loss", "final_best_val_loss", "final_train_loss",
@@ -35,7 +35,7 @@ def config_keys() -> set[str]:
     from omegaconf import OmegaConf
 
     from riscv_ft.config import DataConfig, LoraConfig, ModelConfig, TrainConfig, TrainerConfig
-    from riscv_ft.track import flatten
+    from riscv_ft.tracking.store import flatten
 
     full = TrainConfig(model=ModelConfig(), lora=LoraConfig(), data=DataConfig(), trainer=TrainerConfig())
     return set(flatten(OmegaConf.to_container(OmegaConf.structured(full))))
@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def select_runs(args: argparse.Namespace) -> tuple[str, list[RunRecord]]:
     """(title, runs) for the arguments; TrackingError names what is wrong."""
-    from riscv_ft.track import child_runs, experiment_runs, get_run, latest_sweep
+    from riscv_ft.tracking.store import child_runs, experiment_runs, get_run, latest_sweep
 
     uri = args.tracking_uri
     if args.experiment:

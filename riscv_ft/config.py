@@ -218,11 +218,11 @@ class TrackingConfig:
     experiment_name: str = "riscv-asm-lora"
     # With a remote server, tracking calls are sent in the background; at the end of a run,
     # wait this long for the rest before leaving them in RUN/tracking_outbox.jsonl
-    # (`python -m riscv_ft.track push RUN` sends them later).
+    # (`python -m riscv_ft.tracking push RUN --uri URI` sends them later).
     flush_timeout_s: float = 60.0
     # For a machine without MLflow or without a way to the server (an offline GPU box): import
     # nothing of MLflow, keep every call in RUN/tracking_outbox.jsonl; after copying the run
-    # folder back, `python -m riscv_ft.track push RUN...` creates the runs and sends them.
+    # folder back, `python -m riscv_ft.tracking push RUN...` creates the runs and sends them.
     offline: bool = False
 
 

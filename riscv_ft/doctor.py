@@ -153,7 +153,7 @@ def riscv_tools() -> dict:
 
 
 def tracking() -> dict:
-    from riscv_ft.track import artifact_location, tracking_uri
+    from riscv_ft.tracking.store import artifact_location, tracking_uri
 
     return {"tracking_uri": tracking_uri(None), "artifact_location": artifact_location()}
 

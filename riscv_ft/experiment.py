@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -44,7 +45,8 @@ from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
 from riscv_ft.runtime import INSTALL_HINT, blas_in_use
 from riscv_ft.trainer import Interrupted, Trainer, TrainState
-from riscv_ft.track import environment_tags, flatten, tracked_run
+from riscv_ft.tracking.run import environment_tags, tracked_run
+from riscv_ft.tracking.store import PARENT_ENV, check_reachable, flatten
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
         if main_process:
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     memory = warn_if_too_big(cfg)  # say which knobs help if it will not fit
+    if main_process and cfg.tracking.enabled and not cfg.tracking.offline:
+        # One line now, not a traceback after minutes of loading. A sweep job waits out a restart.
+        check_reachable(cfg.tracking.uri, wait_s=90.0 if os.environ.get(PARENT_ENV) else 0.0)
     loaded = load_base(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     data = prepare(cfg.data, tokenizer, cfg.trainer.seed, rows)
@@ -153,7 +158,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
 
     adapters_dir = run_dir / "adapters"
     mlflow_run_id = checkpoint.state.get("mlflow_run_id") if checkpoint else None
-    with tracked_run(cfg, run_dir, run_name(cfg), run_id=mlflow_run_id, enabled=main_process) as tracker:
+    tracking_key = checkpoint.state.get("tracking_key") if checkpoint else None  # an offline run's outbox
+    with tracked_run(cfg, run_dir, run_name(cfg), run_id=mlflow_run_id, enabled=main_process, key=tracking_key) as tracker:
         if checkpoint is None:
             tracker.log_params({**flatten(cfg), **derived})
             tracker.set_tags(environment_tags(run_dir))
@@ -171,7 +177,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
                 run_dir / "checkpoints", step, trainable_parameters(model), trainer.optimizer.state,
                 {"best_val_loss": state.best_val_loss, "best_step": state.best_step,
                  "evals_without_improvement": state.evals_without_improvement,
-                 "mlflow_run_id": tracker.run_id, "history": history},
+                 "mlflow_run_id": tracker.run_id, "tracking_key": tracker.key, "history": history},
                 keep=cfg.trainer.keep_checkpoints,
             )
             save_adapters(model, adapters_dir, loaded.base_ref, cfg.lora, lora_meta)
@@ -213,10 +219,30 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
                      "eval_user.jsonl", "base_eval.jsonl", "base_eval_user.jsonl", "grpo_samples.jsonl", "reward_curve.png"):
             tracker.log_artifact(run_dir / name)
         tracker.log_artifact(adapters_dir, "adapters")
-        tracker.log_model(run_dir, model, tokenizer)  # servable: mlflow models serve -m runs:/<id>/model
+        log_model(tracker, run_dir, model, tokenizer)  # servable: mlflow models serve -m runs:/<id>/model
         metrics["mlflow_run_id"] = tracker.run_id
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def log_model(tracker, run_dir: Path, model, tokenizer) -> None:
+    """Save the run's adapter as an MLflow model in the run folder and hand it to the tracker,
+    which logs it through the run's outbox like every other call. A failure is said, not
+    raised: the run itself is complete by then. On an offline machine without MLflow the call
+    is still journaled, and `push` saves the model before sending it."""
+    if not tracker.enabled:
+        return
+    try:
+        from riscv_ft.mlflow_model import SAVED_MODEL, save_run_model
+    except ImportError:  # tracking.offline without MLflow here
+        tracker.log_model(run_dir / "mlflow_model")
+        return
+    try:
+        save_run_model(run_dir, model, tokenizer)
+    except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; the adapter is logged anyway
+        log.warning("could not save the run's MLflow model: %s: %s", type(err).__name__, str(err).strip().splitlines()[0][:300] if str(err).strip() else "")
+        return
+    tracker.log_model(run_dir / SAVED_MODEL)
 
 
 def evaluation_sets(splits: dict, cfg: DictConfig) -> dict[str, tuple[list[dict], dict]]:

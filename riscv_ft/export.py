@@ -204,7 +204,7 @@ class _VocabOnceTokenizer:
 
 def git_state() -> dict:
     """The commit of the code doing the export, and whether tracked files were modified."""
-    from riscv_ft.track import PROJECT_ROOT
+    from riscv_ft.tracking.store import PROJECT_ROOT
 
     def git(*args: str) -> str:
         try:
@@ -222,7 +222,7 @@ def mlflow_tags(source) -> dict:
         return {}
     uri = OmegaConf.select(source.run_config, "tracking.uri") if source.run_config is not None else None
     try:
-        from riscv_ft.track import default_store, tracking_uri
+        from riscv_ft.tracking.store import default_store, tracking_uri
 
         if uri is None and not (default_store() / "mlflow.db").is_file():
             return {}

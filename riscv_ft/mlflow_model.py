@@ -33,6 +33,9 @@ import mlflow.pyfunc
 import pandas as pd
 
 MODEL_NAME = "model"  # the model's name within its run: runs:/<run_id>/model
+SAVED_MODEL = "mlflow_model"  # RUN/mlflow_model: the saved model the tracker logs
+MAX_ROWS = 256  # descriptions in one request
+MAX_TOKENS = 2048  # the most tokens one answer may ask for
 RUN_ARTIFACT = "run"  # the artifact holding config.yaml and adapters/
 EXAMPLE_DESCRIPTIONS = ["Add a1 and a2 into a0", "Load the word at 8(sp) into t0"]
 DEFAULT_PARAMS = {"max_tokens": 256, "temperature": 0.0}
@@ -68,6 +71,7 @@ class AssemblyModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None):  # a list arrives as a one-column DataFrame
         descriptions = _descriptions(model_input)
         params = {**DEFAULT_PARAMS, **(params or {})}
+        _check_bounds(len(descriptions), params)
         answer = partial(self.assistant.ask_many, descriptions, max_tokens=int(params["max_tokens"]), temperature=float(params["temperature"]))
         return answer() if self._worker is None else self._worker.submit(answer).result()
 
@@ -94,6 +98,21 @@ def _descriptions(model_input) -> list[str]:
     return [v.strip() for v in values]
 
 
+def _check_bounds(rows: int, params: dict) -> None:
+    """One request must not hold a worker for hours: bounded rows and tokens (HTTP 400)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    try:
+        max_tokens = int(params["max_tokens"])
+    except (TypeError, ValueError):
+        max_tokens = -1
+    if not 1 <= max_tokens <= MAX_TOKENS:
+        raise MlflowException(f"max_tokens must be between 1 and {MAX_TOKENS}; got {params['max_tokens']!r}", INVALID_PARAMETER_VALUE)
+    if rows > MAX_ROWS:
+        raise MlflowException(f"at most {MAX_ROWS} descriptions per request; got {rows}", INVALID_PARAMETER_VALUE)
+
+
 def signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -106,15 +125,18 @@ def signature():
     )
 
 
-def log_run_model(run_dir: Path, model=None, tokenizer=None) -> str:
-    """Log `run_dir`'s adapter as this run's MLflow model (an active MLflow run is needed).
+def save_run_model(run_dir: Path, model=None, tokenizer=None) -> Path:
+    """Save `run_dir`'s adapter as an MLflow model in RUN/mlflow_model (no server needed):
+    the tracker then logs that folder through the run's outbox (riscv_ft/tracking), so it
+    reaches the store even when the server was away at the end of the run.
 
     `model`/`tokenizer`: the trained model still in memory, lent to MLflow's check of the
-    input example. Returns the model's URI.
+    input example. Written under a temporary name and renamed, so the folder is whole or absent.
     """
-    from riscv_ft import __version__
     from riscv_ft.assistant import _check_adapter_dir
 
+    run_dir = Path(run_dir)
+    target = run_dir / SAVED_MODEL
     with tempfile.TemporaryDirectory(prefix="riscv_ft_model_") as tmp:
         staged = Path(tmp) / RUN_ARTIFACT
         (staged / "adapters").mkdir(parents=True)
@@ -125,20 +147,47 @@ def log_run_model(run_dir: Path, model=None, tokenizer=None) -> str:
         key = _digest(staged / "adapters")
         if model is not None:
             _LENT[key] = _Lent(model, tokenizer)
+        partial_dir = run_dir / f".{SAVED_MODEL}.tmp"
+        shutil.rmtree(partial_dir, ignore_errors=True)
         try:
             with _quiet_mlflow():
-                info = mlflow.pyfunc.log_model(
-                    name=MODEL_NAME,
+                mlflow.pyfunc.save_model(
+                    path=str(partial_dir),
                     python_model=AssemblyModel(),
                     artifacts={RUN_ARTIFACT: str(staged)},
                     signature=signature(),
                     input_example=(pd.DataFrame({"description": EXAMPLE_DESCRIPTIONS}), {"max_tokens": 32}),
-                    # Named, not inferred: inferring loads the model in a subprocess.
-                    pip_requirements=[f"riscv_ft=={__version__}", f"mlflow=={mlflow.__version__}"],
+                    # Named, not inferred (inferring loads the model in a subprocess); riscv_ft
+                    # from this very source, never a bare name a public index could answer.
+                    pip_requirements=[_own_requirement(), f"mlflow=={mlflow.__version__}"],
                 )
+            shutil.rmtree(target, ignore_errors=True)
+            partial_dir.rename(target)
         finally:
             _LENT.pop(key, None)
-    return info.model_uri
+            shutil.rmtree(partial_dir, ignore_errors=True)
+    return target
+
+
+def _own_requirement() -> str:
+    """A pip requirement for riscv_ft that resolves to this installation: the source tree (a
+    checkout or an editable install), else the installed wheel's location. `riscv_ft==0.1.0`
+    alone would let `mlflow models serve` without --env-manager local install whatever a
+    public index calls riscv_ft (dependency confusion)."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        return f"riscv_ft @ {root.as_uri()}"
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        direct = distribution("riscv_ft").read_text("direct_url.json")
+    except PackageNotFoundError:
+        direct = None
+    if direct:
+        import json
+
+        return f"riscv_ft @ {json.loads(direct)['url']}"
+    raise RuntimeError("riscv_ft is installed from an index, not from a path or wheel: cannot pin it safely")
 
 
 @contextmanager

@@ -45,7 +45,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from riscv_ft import track
+from riscv_ft.tracking import run as tracking_run
+from riscv_ft.tracking import store, sweep_runs
+from riscv_ft.tracking.calls import retrying
 from riscv_ft.compare import comparison_table, format_markdown, format_text, varying_settings, write_csv
 
 log = logging.getLogger(__name__)
@@ -98,9 +100,9 @@ class MlflowSweepCallback(Callback):
         if OmegaConf.select(hydra_cfg, "sweeper.params"):
             params["sweep.params"] = json.dumps(OmegaConf.to_container(hydra_cfg.sweeper.params, resolve=True))
         name = f"sweep-{config.run_name or config.model.name}-{self.sweep_dir.name}"
-        tags = {"sweep_dir": self.sweep_dir, "git_commit": track.git_commit()}
-        self.parent_run_id = track.start_sweep_run(self.uri, self.experiment_name, name, params, tags)
-        os.environ[track.PARENT_ENV] = self.parent_run_id
+        tags = {"sweep_dir": self.sweep_dir, "git_commit": tracking_run.git_commit()}
+        self.parent_run_id = retrying(lambda: sweep_runs.start_sweep_run(self.uri, self.experiment_name, name, params, tags))
+        os.environ[store.PARENT_ENV] = self.parent_run_id
         os.environ.pop("MLFLOW_RUN_ID", None)  # would override the parent of every job's run
         atexit.register(self._at_exit)
         self._stop_on_signals()
@@ -110,7 +112,7 @@ class MlflowSweepCallback(Callback):
         """SIGTERM (which by default ends the process without any cleanup) and Ctrl-C become a
         KeyboardInterrupt that is remembered: the running job's run ends KILLED (tracked_run),
         and the parent too (_at_exit). While a job trains, the trainer's own handler takes
-        over (save, then stop); the interrupt it raises is remembered by track.tracked_run."""
+        over (save, then stop); the interrupt it raises is remembered by tracking_run.tracked_run."""
         if threading.current_thread() is not threading.main_thread():
             return
 
@@ -141,7 +143,7 @@ class MlflowSweepCallback(Callback):
 
     def _at_exit(self) -> None:
         stopped_by = getattr(sys, "last_value", None)
-        interrupted = self._stopped_by or track.interrupted_by
+        interrupted = self._stopped_by or tracking_run.interrupted_by
         status = "KILLED" if interrupted or isinstance(stopped_by, KeyboardInterrupt) else "FAILED"
         if interrupted:
             reason = f"the sweep stopped early: interrupted ({interrupted})"
@@ -161,14 +163,14 @@ class MlflowSweepCallback(Callback):
         except Exception:  # noqa: BLE001 - the summary must not hide the sweep's own outcome
             log.exception("could not log the sweep summary on MLflow run %s", self.parent_run_id)
             try:
-                track.client(self.uri).set_terminated(self.parent_run_id, status)
+                store.client(self.uri).set_terminated(self.parent_run_id, status)
             except Exception:  # noqa: BLE001 - MLflow itself is unreachable; the log says so
                 log.exception("could not end MLflow run %s", self.parent_run_id)
         finally:
-            os.environ.pop(track.PARENT_ENV, None)
+            os.environ.pop(store.PARENT_ENV, None)
 
     def _log_summary(self, status: str, reason: str | None) -> None:
-        runs = track.child_runs(self.uri, self.parent_run_id)
+        runs = store.child_runs(self.uri, self.parent_run_id)
         columns, rows = comparison_table(runs, self.metric, self.maximize)
         swept = varying_settings(runs)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -191,35 +193,35 @@ class MlflowSweepCallback(Callback):
             if status == "FINISHED":  # @best names the best of a whole sweep, never of a stopped one
                 tags.update(self._register(best["run_id"]))
         if reason:
-            tags[track.FAILURE_TAG] = reason
+            tags[store.FAILURE_TAG] = reason
         table = [{c: row.get(c) for c in columns} for row in rows]
-        track.finish_sweep_run(
+        retrying(lambda: sweep_runs.finish_sweep_run(
             self.uri, self.parent_run_id, status, metrics=metrics, tags=tags, table=table,
             table_name="sweep_summary.json", files=[f for f in files if f],
-        )
+        ))
         log.info("%s\n%s", title, format_text(columns, rows))
 
     def _register(self, run_id: str) -> dict:
         """The best job's model becomes models:/riscv-asm@best; a failure is logged, not raised."""
         try:
-            version = track.register_best_model(self.uri, run_id)
+            version = sweep_runs.register_best_model(self.uri, run_id)
         except Exception as err:  # noqa: BLE001 - the registry is extra; the sweep's summary still goes on
             log.warning("could not register the best run's model: %s: %s", type(err).__name__, str(err)[:300])
             return {}
         if version is None:
             log.warning("the best run %s logged no MLflow model; nothing registered", run_id)
             return {}
-        log.info("Registered the best run's model: models:/%s@%s (version %s)", track.REGISTERED_MODEL, track.BEST_ALIAS, version)
-        return {"registered_model": f"{track.REGISTERED_MODEL}/{version}"}
+        log.info("Registered the best run's model: models:/%s@%s (version %s)", store.REGISTERED_MODEL, store.BEST_ALIAS, version)
+        return {"registered_model": f"{store.REGISTERED_MODEL}/{version}"}
 
     # ---------------------------------------------------------------- each job's process
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None:
             return
-        os.environ[track.PARENT_ENV] = self.parent_run_id  # for launchers whose workers did not inherit it
-        os.environ[track.JOB_ENV] = str(config.hydra.job.num)
-        os.environ[track.OVERRIDES_ENV] = json.dumps(list(config.hydra.overrides.task))
+        os.environ[store.PARENT_ENV] = self.parent_run_id  # for launchers whose workers did not inherit it
+        os.environ[store.JOB_ENV] = str(config.hydra.job.num)
+        os.environ[store.OVERRIDES_ENV] = json.dumps(list(config.hydra.overrides.task))
         os.environ.pop("MLFLOW_RUN_ID", None)
         self._errors = _LastError()
         logging.getLogger().addHandler(self._errors)
@@ -234,20 +236,21 @@ class MlflowSweepCallback(Callback):
         self._errors = None
         _worker_job[0] = False
         try:
-            track.end_active_run("KILLED")
+            tracking_run.end_active_run("KILLED")
             if _worker_stop[0] is None:  # a job the stop skipped or cut short before its run began: no run
                 self._record_if_missing(config, job_return, last_error)
         except Exception:  # noqa: BLE001 - bookkeeping must not stop the other jobs
             log.exception("could not check the MLflow run of job %s", config.hydra.job.num)
         finally:
-            os.environ.pop(track.JOB_ENV, None)
-            os.environ.pop(track.OVERRIDES_ENV, None)
+            os.environ.pop(store.JOB_ENV, None)
+            os.environ.pop(store.OVERRIDES_ENV, None)
             release_memory()
 
     def _record_if_missing(self, config: DictConfig, job_return: JobReturn, last_error: str | None) -> None:
         """A FAILED run for a job that failed before tracked_run started its run."""
         job_cfg = job_return.cfg if job_return.cfg is not None else config
-        if not job_cfg.tracking.enabled or job_cfg.tracking.offline or track.job_run(self.uri, self.parent_run_id, config.hydra.job.num):
+        if not job_cfg.tracking.enabled or job_cfg.tracking.offline or retrying(
+                lambda: store.job_run(self.uri, self.parent_run_id, config.hydra.job.num)):
             return
         if job_return.status == JobStatus.FAILED:
             err = job_return._return_value
@@ -255,13 +258,13 @@ class MlflowSweepCallback(Callback):
         else:
             reason = last_error or "the job ended before its MLflow run started; see its train.log"
         try:
-            params = track.flatten(job_cfg)
+            params = store.flatten(job_cfg)
         except Exception:  # noqa: BLE001 - an unresolvable value: the overrides still say what ran
             params = {}
         from riscv_ft.experiment import run_name
 
-        tags = {**track.sweep_tags_from_env(), "run_dir": config.hydra.runtime.output_dir}
-        run_id = track.record_failed_job(self.uri, self.experiment_name, run_name(job_cfg), params, tags, reason)
+        tags = {**tracking_run.sweep_tags_from_env(), "run_dir": config.hydra.runtime.output_dir}
+        run_id = retrying(lambda: sweep_runs.record_failed_job(self.uri, self.experiment_name, run_name(job_cfg), params, tags, reason))
         log.error("job %s failed before training; recorded as FAILED MLflow run %s", config.hydra.job.num, run_id)
 
 

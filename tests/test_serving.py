@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from riscv_ft import track
+from riscv_ft.tracking import store, sweep_runs
 from riscv_ft.assistant import Assistant
 from tests.conftest import stop_process_group
 
@@ -35,7 +35,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def registered(smoke_run) -> str:
     """The smoke run registered as the sweep callback registers a sweep's best run."""
-    version = track.register_best_model(None, _run_id(smoke_run))
+    version = sweep_runs.register_best_model(None, _run_id(smoke_run))
     assert version is not None, "the smoke run logged no MLflow model"
     return version
 
@@ -47,9 +47,9 @@ def server(registered, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve")
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": track.tracking_uri(None), "MLFLOW_DISABLE_TELEMETRY": "true",
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(None), "MLFLOW_DISABLE_TELEMETRY": "true",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn beside python
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{track.REGISTERED_MODEL}@{track.BEST_ALIAS}",
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{store.REGISTERED_MODEL}@{store.BEST_ALIAS}",
                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     log = open(root / "serve.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
@@ -97,10 +97,10 @@ def test_the_logged_model_holds_the_adapter_and_config_not_the_base(smoke_run, r
     from mlflow import MlflowClient
     from mlflow.models import Model
 
-    client = MlflowClient(track.tracking_uri(None))
-    version = client.get_model_version_by_alias(track.REGISTERED_MODEL, track.BEST_ALIAS)
+    client = MlflowClient(store.tracking_uri(None))
+    version = client.get_model_version_by_alias(store.REGISTERED_MODEL, store.BEST_ALIAS)
     assert str(version.version) == registered and version.run_id == _run_id(smoke_run)
-    model_uri = client.get_run(_run_id(smoke_run)).data.tags[track.MODEL_URI_TAG]
+    model_uri = client.get_run(_run_id(smoke_run)).data.tags[store.MODEL_URI_TAG]
     import mlflow.artifacts
 
     location = client.get_logged_model(model_uri.removeprefix("models:/")).artifact_location

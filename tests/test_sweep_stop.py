@@ -17,18 +17,18 @@ from tests.test_tracking import FAST, QUIET, Sweep, _hydra_config
 def _sweep_with_a_finished_best_job(tmp_path, name: str):
     """A sweep callback started (its parent run), with one FINISHED child that has the sweep
     metric and an MLflow model: what `_finish` would register as models:/riscv-asm@best."""
-    from riscv_ft import track
+    from riscv_ft.tracking import store, sweep_runs
     from riscv_ft.sweep import MlflowSweepCallback
 
     config = _hydra_config(CONF_DIR, ["experiment=smoke", f"hydra.sweep.dir={tmp_path / name}"])
     callback = MlflowSweepCallback()
     callback.on_multirun_start(config)
-    mlflow_client = track.client(None)
+    mlflow_client = store.client(None)
     parent = mlflow_client.get_run(callback.parent_run_id)
     child = mlflow_client.create_run(parent.info.experiment_id, run_name=f"{name}-job-0",
-                                     tags={"mlflow.parentRunId": callback.parent_run_id, track.JOB_TAG: "0"})
+                                     tags={"mlflow.parentRunId": callback.parent_run_id, store.JOB_TAG: "0"})
     model = mlflow_client.create_logged_model(parent.info.experiment_id, name="model", source_run_id=child.info.run_id)
-    mlflow_client.set_tag(child.info.run_id, track.MODEL_URI_TAG, f"models:/{model.model_id}")
+    mlflow_client.set_tag(child.info.run_id, store.MODEL_URI_TAG, f"models:/{model.model_id}")
     mlflow_client.log_metric(child.info.run_id, callback.metric, 1.0)
     mlflow_client.set_terminated(child.info.run_id, "FINISHED")
     return callback, child.info.run_id
@@ -38,10 +38,10 @@ def test_a_killed_sweep_does_not_move_best_and_a_finished_one_does(tmp_path, mon
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from riscv_ft import track
+    from riscv_ft.tracking import store, sweep_runs
 
     monkeypatch.setenv("RISCV_FT_MLRUNS", str(tmp_path / "mlruns"))
-    monkeypatch.delenv(track.PARENT_ENV, raising=False)
+    monkeypatch.delenv(store.PARENT_ENV, raising=False)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # on_multirun_start sets them
     try:
         killed, _ = _sweep_with_a_finished_best_job(tmp_path, "killed")
@@ -53,15 +53,15 @@ def test_a_killed_sweep_does_not_move_best_and_a_finished_one_does(tmp_path, mon
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
-    registry = MlflowClient(tracking_uri=track.tracking_uri(None), registry_uri=track.tracking_uri(None))
-    killed_parent = track.client(None).get_run(killed.parent_run_id)
+    registry = MlflowClient(tracking_uri=store.tracking_uri(None), registry_uri=store.tracking_uri(None))
+    killed_parent = store.client(None).get_run(killed.parent_run_id)
     assert killed_parent.info.status == "KILLED"
     assert "registered_model" not in killed_parent.data.tags, "a KILLED sweep registered its best job"
-    versions = registry.search_model_versions(f"name='{track.REGISTERED_MODEL}'")
+    versions = registry.search_model_versions(f"name='{store.REGISTERED_MODEL}'")
     assert [v.run_id for v in versions] == [best_run]  # only the finished sweep's
-    assert registry.get_model_version_by_alias(track.REGISTERED_MODEL, track.BEST_ALIAS).run_id == best_run
+    assert registry.get_model_version_by_alias(store.REGISTERED_MODEL, store.BEST_ALIAS).run_id == best_run
     with pytest.raises(MlflowException):  # and nothing else was ever registered
-        registry.get_model_version(track.REGISTERED_MODEL, "2")
+        registry.get_model_version(store.REGISTERED_MODEL, "2")
 
 
 @pytest.mark.slow

@@ -268,7 +268,7 @@ def test_a_crashed_job_and_a_sweep_that_stops_early_are_recorded(tmp_path, monke
 
     from riscv_ft.cli import CONF_DIR
     from riscv_ft.sweep import MlflowSweepCallback
-    from riscv_ft.track import PARENT_ENV, client
+    from riscv_ft.tracking.store import PARENT_ENV, client
 
     store = tmp_path / "mlruns"
     monkeypatch.setenv("RISCV_FT_MLRUNS", str(store))

@@ -1,5 +1,5 @@
 """tracking.offline: a run on a machine without MLflow keeps its tracking calls in the run
-folder; after the folder is copied elsewhere, `python -m riscv_ft.track push` creates the
+folder; after the folder is copied elsewhere, `python -m riscv_ft.tracking push` creates the
 run in a real SQLite store with everything a tracked run has, once."""
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ def test_an_offline_run_without_mlflow_is_pushed_later_from_where_its_folder_was
     )
     assert train.returncode == 0, train.stderr[-3000:]
     assert not (tmp_path / "never").exists()  # no store was touched
-    assert "python -m riscv_ft.track push" in (remote / "train.log").read_text()
+    assert "python -m riscv_ft.tracking push" in (remote / "train.log").read_text()
+    assert (remote / "tracking_outbox.jsonl").stat().st_size < 200_000  # the dataset call holds no rows (item 9)
 
     shutil.copytree(remote, here)  # the folder comes back to a machine with MLflow; the original is gone
     shutil.rmtree(remote.parent)
     store = tmp_path / "store"
-    push = [sys.executable, "-m", "riscv_ft.track", "push", str(here)]
+    push = [sys.executable, "-m", "riscv_ft.tracking", "push", str(here)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RISCV_FT_MLRUNS": str(store)}
     sent = subprocess.run(push, capture_output=True, text=True, cwd=REPO, env=env)
     assert sent.returncode == 0 and "sent" in sent.stdout, sent.stderr[-3000:]
@@ -63,16 +64,17 @@ def test_an_offline_run_without_mlflow_is_pushed_later_from_where_its_folder_was
 
 
 def test_pushing_an_offline_run_to_a_server_that_is_away_says_so_in_one_line_and_keeps_every_call(tmp_path):
-    from riscv_ft.track import OUTBOX, Tracker, _Outbox
+    from riscv_ft.tracking.outbox import OUTBOX, Outbox
+    from riscv_ft.tracking.run import Tracker
     from tests.test_mlflow_ui import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    tracker = Tracker(None, _Outbox(tmp_path, url, None, {"experiment": "offline", "run_name": "r", "tags": {}}))
+    tracker = Tracker(None, Outbox(tmp_path, url, None, {"experiment": "offline", "run_name": "r", "tags": {}}))
     for step in (1, 2):
         tracker.log_metrics(step, {"train_loss": 1.0 / step})
     tracker.finish("FINISHED")
     kept = (tmp_path / OUTBOX).read_text()
-    push = subprocess.run([sys.executable, "-m", "riscv_ft.track", "push", str(tmp_path)], capture_output=True, text=True,
+    push = subprocess.run([sys.executable, "-m", "riscv_ft.tracking", "push", str(tmp_path), "--uri", url], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert push.returncode == 2 and len(push.stderr.strip().splitlines()) == 1, push.stderr[-2000:]
     assert push.stderr.startswith(f"error: cannot create the run in MLflow at {url}") and "all 3 calls are still kept" in push.stderr

@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
 def _log_to_mlflow(source, scored: list[dict], summary: dict) -> None:
     """Add the figures, the scored table and the files to the run's own MLflow run."""
     from riscv_ft.evaluate.model_eval import headline_metrics
-    from riscv_ft.track import tracked_run
+    from riscv_ft.tracking.run import tracked_run
 
     cfg = source.run_config
     step = json.loads((source.run_dir / "metrics.json").read_text()).get("steps", 0)
