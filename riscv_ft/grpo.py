@@ -151,7 +151,7 @@ def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
     grpo.synthetic_prompts verified synthetic tasks, minus any description of an evaluation set
     (the valid and test splits, the user-style prompts)."""
     from riscv_ft.evaluate.model_eval import load_user_prompts
-    from riscv_ft.evaluate.reference import classify
+    from riscv_ft.rv.reference import classify
 
     held_out = {r["description"] for name in ("valid", "test") for r in splits.get(name, [])}
     held_out |= {r["description"] for r in load_user_prompts()}

@@ -13,10 +13,10 @@ from riscv_ft.data import mixing
 from riscv_ft.data.mixing import masked_tokens, near_copies, user_style_rows
 from riscv_ft.data.synthetic import synthetic_rows
 from riscv_ft.data.tasks import task_rows
-from riscv_ft.evaluate.assembler import available_assemblers
+from riscv_ft.rv.assembler import available_assemblers
 from riscv_ft.evaluate.model_eval import USER_PROMPTS, answer_rows, load_user_prompts
-from riscv_ft.evaluate.reference import instruction_count, normalize
-from riscv_ft.evaluate.sanitize import REGISTERS
+from riscv_ft.rv.reference import instruction_count, normalize
+from riscv_ft.rv.sanitize import REGISTERS
 from riscv_ft.evaluate.scorer import score_rows, summarize
 
 needs_assembler = pytest.mark.skipif(not available_assemblers(), reason="no RISC-V assembler installed")

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from riscv_ft.evaluate.sanitize import FP_ABI, INT_ABI
+from riscv_ft.rv.sanitize import FP_ABI, INT_ABI
 
 MASK = (1 << 64) - 1
 MAX_WORDS = 40
@@ -1246,8 +1246,8 @@ def _fp_differs(got: int, want: int, single: bool) -> bool:
 
 def verify_tasks(tasks: list[Task], assembler="auto", states_per_task: int = 3, seed: int = 0) -> None:
     """Assemble and run every task from several states; raise TaskError listing wrong ones."""
-    from riscv_ft.evaluate.assembler import find_assembler
-    from riscv_ft.evaluate.emulator import (DATA_BASE, DATA_SIZE, Emulator, InitialState, pointer,
+    from riscv_ft.rv.assembler import find_assembler
+    from riscv_ft.rv.emulator import (DATA_BASE, DATA_SIZE, Emulator, InitialState, pointer,
                                             random_fp_value, random_register_value)
 
     asm = find_assembler(assembler)

@@ -17,8 +17,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from riscv_ft.evaluate.assembler import AssemblerNotFound
-from riscv_ft.evaluate.reference import CLASSES, classify, normalize
+from riscv_ft.rv.assembler import AssemblerNotFound
+from riscv_ft.rv.reference import CLASSES, classify, normalize
 from riscv_ft.evaluate.scorer import score_rows, summarize
 from riscv_ft.evaluate.verified import DECODES, SAMPLES, verified_answers
 from riscv_ft.inference import cached_answers

@@ -34,8 +34,8 @@ from unicorn import (UC_ARCH_RISCV, UC_ERR_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_M
                      UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
 from unicorn import riscv_const as rv
 
-from riscv_ft.evaluate.assembler import CODE_BASE, Program
-from riscv_ft.evaluate.sanitize import FP_ABI, INT_ABI
+from riscv_ft.rv.assembler import CODE_BASE, Program
+from riscv_ft.rv.sanitize import FP_ABI, INT_ABI
 
 CODE_SIZE = 0x10000
 DATA_BASE = 0x80000
