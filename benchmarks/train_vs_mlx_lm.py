@@ -57,7 +57,8 @@ import riscv_ft.trainer  # noqa: E402
 from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.pipeline import prepare, write_splits  # noqa: E402
 from riscv_ft.memory import MISTRAL_7B  # noqa: E402
-from riscv_ft.model import LoadedModel, apply_adapters, load_base, tiny_model_dir  # noqa: E402
+from riscv_ft.model import LoadedModel, apply_adapters, load_base  # noqa: E402
+from riscv_ft.sources.tiny import tiny_model_dir  # noqa: E402
 from riscv_ft.runtime import blas_in_use  # noqa: E402
 from riscv_ft.trainer import Trainer, learning_rate_schedule  # noqa: E402
 

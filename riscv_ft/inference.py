@@ -426,7 +426,7 @@ def cached_answers(identity: str | None, model, tokenizer, descriptions: list[st
     import time
     from pathlib import Path
 
-    from riscv_ft.sources import cache_dir
+    from riscv_ft.sources.cache import cache_dir
 
     def answer() -> tuple[list[str], float]:
         started = time.perf_counter()

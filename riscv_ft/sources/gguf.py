@@ -42,7 +42,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from riscv_ft.sources import ModelLoadError, atomic_folder, cache_dir
+from riscv_ft.sources.cache import ModelLoadError, atomic_folder, cache_dir
 
 log = logging.getLogger(__name__)
 
