@@ -280,7 +280,7 @@ def run_mlx_lm(cfg, choice, num_layers, data, tokens_ours: int) -> dict:
 
 def synthetic_samples(count: int, width: int, seed: int = 0):
     """Random-token samples of exactly `width` inputs whose every target counts (prompt of one token)."""
-    from riscv_ft.data.pipeline import Sample
+    from riscv_ft.data.batch import Sample
 
     rng = np.random.default_rng(seed)
     return [Sample(rng.integers(5, 32000, width + 1).tolist(), 1) for _ in range(count)]

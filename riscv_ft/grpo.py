@@ -42,7 +42,8 @@ from omegaconf import DictConfig
 
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError
-from riscv_ft.data.pipeline import Sample, batch_multiple, make_batch, prompt_text
+from riscv_ft.data.batch import Sample, batch_multiple, make_batch
+from riscv_ft.data.pipeline import prompt_text
 from riscv_ft.trainer import (Interrupted, MetricsCallback, Trainer, _cross_entropy, _deferred_interrupts, _logits_at,
                               adamw_update, global_norm, loss_positions, step_seed)
 
@@ -150,7 +151,7 @@ def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
     """{description, reference} prompts: the training split's assembly-class rows and
     grpo.synthetic_prompts verified synthetic tasks, minus any description of an evaluation set
     (the valid and test splits, the user-style prompts)."""
-    from riscv_ft.evaluate.model_eval import load_user_prompts
+    from riscv_ft.data.user_prompts import load_user_prompts
     from riscv_ft.rv.reference import classify
 
     held_out = {r["description"] for name in ("valid", "test") for r in splits.get(name, [])}
