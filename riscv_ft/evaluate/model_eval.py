@@ -20,7 +20,7 @@ from pathlib import Path
 from riscv_ft.data.user_prompts import ROW_FIELDS
 from riscv_ft.evaluate.scorer import score_rows, summarize
 from riscv_ft.evaluate.verified import DECODES, SAMPLES, verified_answers
-from riscv_ft.inference import cached_answers
+from riscv_ft.answer_cache import cached_answers
 from riscv_ft.rv.assembler import AssemblerNotFound
 from riscv_ft.rv.reference import CLASSES, classify, normalize
 
@@ -59,8 +59,8 @@ def answer_rows(model, tokenizer, rows: list[dict], prompt_format: str, max_toke
                 batch_size: int = 32, answers: list[str] | None = None, identity: str | None = None) -> list[dict]:
     """Each row's description answered: {description, reference, prediction} (and the row's
     category and scratch), the scorer's input. `answers` given: those instead of the model's.
-    With the model's `identity` (inference.model_identity; base models only) the answers are
-    cached on disk (inference.cached_answers)."""
+    With the model's `identity` (answer_cache.model_identity; base models only) the answers are
+    cached on disk (answer_cache.cached_answers)."""
     if answers is None:
         answers, _ = cached_answers(identity, model, tokenizer, [r["description"] for r in rows], prompt_format,
                                     max_tokens, batch_size)
