@@ -1,5 +1,5 @@
 """The shipped user-style prompts (user_prompts.jsonl): requests with reference assembly, written
-by hand (not by synthetic.py or tasks.py), a second test set answered in every evaluation next to
+by hand (not by synthetic.py or tasks/), a second test set answered in every evaluation next to
 the held-out split. Training never reads it (tests/test_user_prompts.py checks).
 """
 
