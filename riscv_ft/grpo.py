@@ -1,3 +1,5 @@
+# One module on purpose: the GRPO objective, its rewards and GrpoTrainer (a Trainer subclass,
+# most of the file) change together; none of it is used without the others.
 """GRPO: training rewarded by the assembler and emulator (`trainer.objective=grpo`).
 
 Each optimizer step takes `grpo.prompts_per_step` prompts (each process its share) and, for

@@ -1,3 +1,5 @@
+# One module on purpose: the compiled step, gradient accumulation, out-of-memory recovery and the
+# loop share one Trainer's state (GrpoTrainer reuses them); the stateless loss is a few functions.
 """Our own MLX training loop: masked loss, compiled step, AdamW with warmup + cosine.
 
 Reporting, evaluation and saving are separate functions around a small step; the loop

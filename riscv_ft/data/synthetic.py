@@ -1,3 +1,5 @@
+# One module on purpose: each operation's phrasings, its Python semantics and the check against
+# the emulator are read together, table by table (data/tasks/ is the multi-instruction sibling).
 """Generated (description, instructions) pairs for RV64I + M, each one checked by running it.
 
     rows = synthetic_rows(3000, seed=0)        # [{"description": ..., "instructions": ...}, ...]

@@ -1,3 +1,5 @@
+# One module on purpose: the machine setup, the context-buffer fast path, the random states and
+# the end-state comparison all follow one memory map and one register layout.
 """Run RV64GC machine code in unicorn from fixed initial states and snapshot the end state.
 
 Two snippets are functionally equivalent here when, started from each of the same several
