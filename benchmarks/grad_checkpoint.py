@@ -30,7 +30,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from riscv_ft.cli import compose  # noqa: E402
-from riscv_ft.data.pipeline import Sample  # noqa: E402
+from riscv_ft.data.batch import Sample  # noqa: E402
 from riscv_ft.memory import estimate_memory_gb  # noqa: E402
 from riscv_ft.model import apply_adapters, load_base  # noqa: E402
 from riscv_ft.trainer import Trainer  # noqa: E402

@@ -33,7 +33,8 @@ def main() -> None:
 
     from riscv_ft.cli import compose
     from riscv_ft.data.packing import packed_batches
-    from riscv_ft.data.pipeline import length_bucketed_batches, padding_share, prepare
+    from riscv_ft.data.batch import padding_share
+    from riscv_ft.data.pipeline import length_bucketed_batches, prepare
     from riscv_ft.model import load_base
 
     overrides = ["model=tiny", f"data.path={args.data}", f"data.max_seq_length={args.max_seq_length}",
@@ -64,7 +65,7 @@ def _rope_check(model, samples, width) -> None:
     import numpy as np
 
     from riscv_ft.data.packing import first_fit_decreasing, make_packed_batch
-    from riscv_ft.data.pipeline import make_batch
+    from riscv_ft.data.batch import make_batch
     from riscv_ft.trainer import _cross_entropy, _logits_at, batch_arrays, masked_loss
 
     rows = first_fit_decreasing([len(s.tokens) - 1 for s in samples], width, seed=0)

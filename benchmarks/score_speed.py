@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from riscv_ft.data.synthetic import synthetic_rows  # noqa: E402
-from riscv_ft.evaluate.assembler import find_assembler  # noqa: E402
-from riscv_ft.evaluate.emulator import Emulator  # noqa: E402
+from riscv_ft.rv.assembler import find_assembler  # noqa: E402
+from riscv_ft.rv.emulator import Emulator  # noqa: E402
 from riscv_ft.evaluate.scorer import score_rows, summarize  # noqa: E402
 
 HOSTILE = ['.incbin "/etc/passwd"', "ecall", "j .", "sd a0, 0(zero)", "j nowhere", "ebreak", ".rept 9\nnop\n.endr"]

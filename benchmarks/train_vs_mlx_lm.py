@@ -57,7 +57,8 @@ import riscv_ft.trainer  # noqa: E402
 from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.pipeline import prepare, write_splits  # noqa: E402
 from riscv_ft.memory import MISTRAL_7B  # noqa: E402
-from riscv_ft.model import LoadedModel, apply_adapters, load_base, tiny_model_dir  # noqa: E402
+from riscv_ft.model import LoadedModel, apply_adapters, load_base  # noqa: E402
+from riscv_ft.sources.tiny import tiny_model_dir  # noqa: E402
 from riscv_ft.runtime import blas_in_use  # noqa: E402
 from riscv_ft.trainer import Trainer, learning_rate_schedule  # noqa: E402
 
@@ -279,7 +280,7 @@ def run_mlx_lm(cfg, choice, num_layers, data, tokens_ours: int) -> dict:
 
 def synthetic_samples(count: int, width: int, seed: int = 0):
     """Random-token samples of exactly `width` inputs whose every target counts (prompt of one token)."""
-    from riscv_ft.data.pipeline import Sample
+    from riscv_ft.data.batch import Sample
 
     rng = np.random.default_rng(seed)
     return [Sample(rng.integers(5, 32000, width + 1).tolist(), 1) for _ in range(count)]

@@ -28,7 +28,8 @@ import os  # noqa: E402
 import mlx.core as mx  # noqa: E402
 
 from riscv_ft.cli import compose  # noqa: E402
-from riscv_ft.evaluate.model_eval import evaluate_model, load_user_prompts  # noqa: E402
+from riscv_ft.data.user_prompts import load_user_prompts  # noqa: E402
+from riscv_ft.evaluate.model_eval import evaluate_model  # noqa: E402
 from riscv_ft.inference import generate_answers  # noqa: E402
 from riscv_ft.model import load_base  # noqa: E402
 from riscv_ft.runtime import blas_in_use  # noqa: E402

@@ -38,7 +38,8 @@ from typing import Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from riscv_ft.config import ModelConfig
-from riscv_ft.model import LoadedModel, ModelLoadError, cache_dir, load_base
+from riscv_ft.model import LoadedModel, load_base
+from riscv_ft.sources.cache import ModelLoadError, cache_dir
 
 PROMPT_FORMATS = ("chat", "completion")
 EXPORT_RECORD = "riscv_ft_export.json"  # written by riscv_ft.export into every export

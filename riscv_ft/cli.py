@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from riscv_ft import config as config_module
 from riscv_ft.config import ConfigError, check_overrides_used, register_configs, validate
 from riscv_ft.data.pipeline import DataError
-from riscv_ft.model import ModelLoadError
+from riscv_ft.sources.cache import ModelLoadError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"

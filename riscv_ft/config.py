@@ -1,3 +1,5 @@
+# One module on purpose: the whole config schema, every key with its type, default, comment and
+# range check, is one place to read; split by group it would scatter one YAML tree.
 """The one configuration schema of riscv_ft.
 
 Every key that `conf/*.yaml` may set is declared here as a typed dataclass field with a
@@ -137,7 +139,7 @@ class DataConfig:
     # verified plain user-style requests ("put a1 plus a2 in a0"); 0 adds none.
     mix_synthetic: int = 0
     mix_user_style: int = 0
-    # Verified multi-instruction tasks (riscv_ft/data/tasks.py): expressions, bit fields,
+    # Verified multi-instruction tasks (riscv_ft/data/tasks/): expressions, bit fields,
     # min/max/abs/clamp, compare-and-set, branches, moves, logic, load-modify-store, copies, stack
     # frames, loops, large constants, FP, two of these combined; 1-12 instructions each (97% two
     # or more), rows spread evenly over the categories; 0 adds none.

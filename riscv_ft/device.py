@@ -2,7 +2,7 @@
 
 Three settings default differently per device; each was measured where it is used:
 
-    data.pad_to_multiple: null         64 on CUDA, 8 elsewhere       (data.pipeline.batch_multiple)
+    data.pad_to_multiple: null         64 on CUDA, 8 elsewhere       (data.batch.batch_multiple)
     trainer.select_loss_positions: null  on the CPU only             (trainer.Trainer)
     model.dequantize: auto             a float copy of a quantized   (sources.local.wants_float_copy)
                                        base on the CPU only

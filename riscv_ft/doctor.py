@@ -130,9 +130,9 @@ def dataset_status(dataset_id: str) -> dict:
 def riscv_tools() -> dict:
     out: dict = {"assembler": None, "assembler_path": None, "assemblers_available": [], "emulator": None}
     try:
-        from riscv_ft.evaluate.assembler import available_assemblers, find_assembler
+        from riscv_ft.rv.assembler import available_assemblers, find_assembler
     except ImportError as err:
-        out["assembler_error"] = f"riscv_ft.evaluate.assembler not importable ({err})"
+        out["assembler_error"] = f"riscv_ft.rv.assembler not importable ({err})"
     else:
         try:
             asm = find_assembler()
@@ -143,7 +143,7 @@ def riscv_tools() -> dict:
     try:
         import unicorn
 
-        from riscv_ft.evaluate.emulator import Emulator  # noqa: F401 - importable is what matters
+        from riscv_ft.rv.emulator import Emulator  # noqa: F401 - importable is what matters
 
         out["emulator"] = f"unicorn {unicorn.__version__} (in-process)"
     except ImportError as err:

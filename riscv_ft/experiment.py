@@ -35,10 +35,12 @@ from riscv_ft.checkpoint import Checkpoint, best_adapter, latest_checkpoint, loa
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.packing import packed_batches
-from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, padding_share, prepare, prepare_rows, write_splits
-from riscv_ft.evaluate.model_eval import (answer_rows, compare_table, describe, evaluate_model, headline_metrics, load_user_prompts,
+from riscv_ft.data.batch import padding_share
+from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, prepare, prepare_rows, write_splits
+from riscv_ft.data.user_prompts import load_user_prompts
+from riscv_ft.evaluate.model_eval import (answer_rows, compare_table, describe, evaluate_model, headline_metrics,
                                          select_rows, write_scored)
-from riscv_ft.inference import model_identity
+from riscv_ft.answer_cache import model_identity
 from riscv_ft.memory import plan_memory, warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.packed_forward import packing_problem

@@ -240,7 +240,7 @@ def answer_file(assistant, rows: list[dict], output: Path | None, options: dict,
 
 def interactive(assistant, options: dict, scorer) -> None:
     """A prompt loop on a terminal: readline history, Ctrl-C stops an answer, Ctrl-D leaves."""
-    from riscv_ft.model import cache_dir
+    from riscv_ft.sources.cache import cache_dir
 
     history = cache_dir() / "generate_history"
     try:

@@ -1,3 +1,5 @@
+# One module on purpose: the GRPO objective, its rewards and GrpoTrainer (a Trainer subclass,
+# most of the file) change together; none of it is used without the others.
 """GRPO: training rewarded by the assembler and emulator (`trainer.objective=grpo`).
 
 Each optimizer step takes `grpo.prompts_per_step` prompts (each process its share) and, for
@@ -42,7 +44,8 @@ from omegaconf import DictConfig
 
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError
-from riscv_ft.data.pipeline import Sample, batch_multiple, make_batch, prompt_text
+from riscv_ft.data.batch import Sample, batch_multiple, make_batch
+from riscv_ft.data.pipeline import prompt_text
 from riscv_ft.trainer import (Interrupted, MetricsCallback, Trainer, _cross_entropy, _deferred_interrupts, _logits_at,
                               adamw_update, global_norm, loss_positions, step_seed)
 
@@ -150,8 +153,8 @@ def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
     """{description, reference} prompts: the training split's assembly-class rows and
     grpo.synthetic_prompts verified synthetic tasks, minus any description of an evaluation set
     (the valid and test splits, the user-style prompts)."""
-    from riscv_ft.evaluate.model_eval import load_user_prompts
-    from riscv_ft.evaluate.reference import classify
+    from riscv_ft.data.user_prompts import load_user_prompts
+    from riscv_ft.rv.reference import classify
 
     held_out = {r["description"] for name in ("valid", "test") for r in splits.get(name, [])}
     held_out |= {r["description"] for r in load_user_prompts()}

@@ -85,7 +85,8 @@ def model_config(model_cfg: DictConfig) -> tuple[dict, str]:
     folder = Path(str(model_cfg.path)).expanduser()
     if model_cfg.source == "wheel" or folder.suffix.lower() == ".gguf":
         # converted (and fetched) once here; load_base finds the same cached folder
-        from riscv_ft.sources import ModelLoadError, resolve_base
+        from riscv_ft.sources import resolve_base
+        from riscv_ft.sources.cache import ModelLoadError
 
         try:
             folder = Path(resolve_base(model_cfg))

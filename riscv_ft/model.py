@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.fused_lora import fused_layout, standard_layout
 # Model sources live in riscv_ft.sources; re-exported here, the one place that loads models.
-from riscv_ft.sources import ModelLoadError, cache_dir, resolve_base  # noqa: F401
-from riscv_ft.sources.tiny import MISTRAL_CHAT_TEMPLATE, tiny_model_dir  # noqa: F401
+from riscv_ft.sources import resolve_base
+from riscv_ft.sources.cache import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assembler", default="auto", choices=["auto", "gnu", "llvm-mc", "clang", "zig"])
     args = parser.parse_args(argv)
 
-    from riscv_ft.evaluate.assembler import AssemblerNotFound, find_assembler
-    from riscv_ft.evaluate.reference import CLASSES
+    from riscv_ft.rv.assembler import AssemblerNotFound, find_assembler
+    from riscv_ft.rv.reference import CLASSES
     from riscv_ft.evaluate.scorer import score_rows, summarize
 
     try:

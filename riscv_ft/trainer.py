@@ -1,3 +1,5 @@
+# One module on purpose: the compiled step, gradient accumulation, out-of-memory recovery and the
+# loop share one Trainer's state (GrpoTrainer reuses them); the stateless loss is a few functions.
 """Our own MLX training loop: masked loss, compiled step, AdamW with warmup + cosine.
 
 Reporting, evaluation and saving are separate functions around a small step; the loop
@@ -30,8 +32,8 @@ from riscv_ft import distributed
 from riscv_ft.device import default_select_loss_positions
 from riscv_ft.fused_lora import fuse_lora_projections
 from riscv_ft.model import load_trainable, trainable_parameters
-from riscv_ft.data.pipeline import (Batch, Sample, iterate_training_batches, length_bucketed_batches, batch_multiple,
-                                    shape_bucket)
+from riscv_ft.data.batch import Batch, Sample, batch_multiple, shape_bucket
+from riscv_ft.data.pipeline import iterate_training_batches, length_bucketed_batches
 from riscv_ft.packed_forward import packed_hidden, packing_problem
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten  # noqa: E402
 
 from riscv_ft import distributed  # noqa: E402
 from riscv_ft.cli import compose  # noqa: E402
-from riscv_ft.data.pipeline import Sample  # noqa: E402
+from riscv_ft.data.batch import Sample  # noqa: E402
 from riscv_ft.model import apply_adapters, load_base, trainable_parameters  # noqa: E402
 from riscv_ft.trainer import Trainer  # noqa: E402
 

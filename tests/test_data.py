@@ -10,17 +10,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from riscv_ft.cli import compose
+from riscv_ft.data.batch import Sample, make_batch, padding_share
 from riscv_ft.data.pipeline import (
     DataError,
     DataReport,
-    Sample,
     clean_rows,
     clean_text,
     drop_duplicates,
     length_bucketed_batches,
     load_rows,
-    make_batch,
-    padding_share,
     prepare,
     split_by_description,
     tokenize_row,
@@ -223,7 +221,7 @@ def test_batch_widths_resolve_per_device_and_the_cuda_graph_cache_is_raised_unle
     import subprocess
     import sys
 
-    from riscv_ft.data.pipeline import batch_multiple
+    from riscv_ft.data.batch import batch_multiple
 
     assert batch_multiple(compose(["model=tiny"]).data) == (64 if mx.cuda.is_available() else 8)
     assert batch_multiple(compose(["model=tiny", "data.pad_to_multiple=32"]).data) == 32

@@ -10,7 +10,7 @@ import pytest
 
 from riscv_ft import device
 from riscv_ft.cli import compose
-from riscv_ft.data.pipeline import batch_multiple
+from riscv_ft.data.batch import batch_multiple
 from riscv_ft.sources.local import wants_float_copy
 from riscv_ft.trainer import Trainer
 

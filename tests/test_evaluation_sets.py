@@ -7,8 +7,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from riscv_ft.evaluate.model_eval import load_user_prompts, select_rows
-from riscv_ft.evaluate.reference import classify
+from riscv_ft.data.user_prompts import load_user_prompts
+from riscv_ft.evaluate.model_eval import select_rows
+from riscv_ft.rv.reference import classify
 from riscv_ft.evaluate.scorer import score_rows
 
 HEADLINE = ("exact_match_rate", "assembles_rate", "functional_rate")

@@ -12,7 +12,8 @@ import pytest
 
 from riscv_ft.checkpoint import latest_checkpoint
 from riscv_ft.cli import compose
-from riscv_ft.data.pipeline import batch_multiple, prepare
+from riscv_ft.data.batch import batch_multiple
+from riscv_ft.data.pipeline import prepare
 from riscv_ft.model import apply_adapters, load_base, trainable_parameters
 from riscv_ft.trainer import Trainer, TrainingDiverged, learning_rate_schedule, masked_loss
 from tests.conftest import REPO, run_train

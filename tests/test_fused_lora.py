@@ -10,7 +10,8 @@ import pytest
 from mlx.utils import tree_flatten, tree_map
 
 from riscv_ft.cli import compose
-from riscv_ft.data.pipeline import batch_multiple, prepare
+from riscv_ft.data.batch import batch_multiple
+from riscv_ft.data.pipeline import prepare
 from riscv_ft.fused_lora import FusedLoRALinear, fuse_lora_projections, fused_layout, standard_layout
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.trainer import Trainer, adamw_update, masked_loss

@@ -15,7 +15,8 @@ import pytest
 from riscv_ft.checkpoint import latest_checkpoint
 from riscv_ft.cli import compose
 from riscv_ft.config import ConfigError
-from riscv_ft.data.pipeline import Sample, make_batch, prompt_text
+from riscv_ft.data.batch import Sample, make_batch
+from riscv_ft.data.pipeline import prompt_text
 from riscv_ft.grpo import (ADVANTAGE_EPSILON, GrpoTrainer, RewardWeights, adapters_off, group_advantages, grpo_loss,
                            grpo_prompts, grpo_token_losses, scorer_rewards, token_logprobs)
 from riscv_ft.model import apply_adapters, load_base

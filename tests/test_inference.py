@@ -6,9 +6,11 @@ import json
 import mlx.core as mx
 import pytest
 
+import riscv_ft.answer_cache as answer_cache
 import riscv_ft.inference as inference
 from riscv_ft.cli import compose
-from riscv_ft.inference import cached_answers, decode_prompts, generate_answers, model_identity, prompt_tokens, stop_ids
+from riscv_ft.answer_cache import cached_answers, model_identity
+from riscv_ft.inference import decode_prompts, generate_answers, prompt_tokens, stop_ids
 from riscv_ft.model import load_base
 
 # Lengths differ (left padding), one is long enough that the KV cache grows past one bucket.
@@ -121,8 +123,8 @@ def test_base_answers_are_cached_per_model_rows_and_settings(tiny, tmp_path, mon
     cfg = compose(["model=tiny"]).model
     identity = model_identity(cfg)
     calls = []
-    real = inference.generate_answers
-    monkeypatch.setattr(inference, "generate_answers", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = answer_cache.generate_answers
+    monkeypatch.setattr(answer_cache, "generate_answers", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
 
     first = cached_answers(identity, model, tokenizer, DESCRIPTIONS[:2], "chat", 6, folder=tmp_path)
     assert len(calls) == 1 and len(list(tmp_path.glob("*.json"))) == 1 and first[1] > 0

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from riscv_ft.cli import compose
-from riscv_ft.data.pipeline import iterate_training_batches, padding_share, prepare
+from riscv_ft.data.batch import padding_share
+from riscv_ft.data.pipeline import iterate_training_batches, prepare
 from riscv_ft.model import load_base
 
 

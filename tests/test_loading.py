@@ -8,7 +8,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from riscv_ft.cli import compose
-from riscv_ft.model import _explain_load_failure, load_base, tiny_model_dir
+from riscv_ft.model import _explain_load_failure, load_base
+from riscv_ft.sources.tiny import tiny_model_dir
 
 
 def test_quantize_on_load_peaks_near_the_quantized_size(tmp_path):

@@ -94,7 +94,7 @@ def _random_batch(rng, width: int, rows: int = 1):
     """Every position a loss position: the widest loss the estimate assumes."""
     import numpy as np
 
-    from riscv_ft.data.pipeline import Batch
+    from riscv_ft.data.batch import Batch
 
     tokens = rng.integers(0, 32768, (rows, width + 1)).astype(np.int32)
     return Batch(tokens[:, :-1], tokens[:, 1:], np.ones((rows, width), np.float32), rows * width)

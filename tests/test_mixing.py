@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 
 from riscv_ft.data.mixing import _mask, user_style_rows
 from riscv_ft.data.pipeline import prepare_rows
-from riscv_ft.evaluate.model_eval import load_user_prompts
-from riscv_ft.evaluate.reference import classify
+from riscv_ft.data.user_prompts import load_user_prompts
+from riscv_ft.rv.reference import classify
 from riscv_ft.evaluate.scorer import score_rows
 
 

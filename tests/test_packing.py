@@ -12,7 +12,8 @@ from mlx.utils import tree_flatten, tree_map
 
 from riscv_ft.cli import compose
 from riscv_ft.data.packing import first_fit_decreasing, make_packed_batch, packed_batches, packed_epoch, samples_before
-from riscv_ft.data.pipeline import Sample, iterate_training_batches, length_bucketed_batches, make_batch, padding_share, prepare
+from riscv_ft.data.batch import Sample, make_batch, padding_share
+from riscv_ft.data.pipeline import iterate_training_batches, length_bucketed_batches, prepare
 from riscv_ft.model import apply_adapters, load_base
 from riscv_ft.packed_forward import _RoPEAtPositions, block_diagonal_causal_mask
 from riscv_ft.trainer import Trainer, batch_arrays, masked_loss

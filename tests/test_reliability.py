@@ -211,7 +211,8 @@ def test_full_fine_tune_of_a_pre_quantized_base_is_one_line(tmp_path):
     from mlx_lm.utils import quantize_model, save_config, save_model
 
     from riscv_ft.cli import compose
-    from riscv_ft.model import load_base, tiny_model_dir
+    from riscv_ft.model import load_base
+    from riscv_ft.sources.tiny import tiny_model_dir
 
     tiny = compose(["model=tiny"]).model
     source, folder = tiny_model_dir(tiny.tiny), tmp_path / "tiny-4bit"

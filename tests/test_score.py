@@ -13,9 +13,9 @@ import time
 import pytest
 
 from riscv_ft.data.synthetic import synthetic_rows
-from riscv_ft.evaluate.assembler import AssemblerNotFound, available_assemblers, find_assembler
-from riscv_ft.evaluate.reference import classify, normalize
-from riscv_ft.evaluate.sanitize import Refused, sanitize
+from riscv_ft.rv.assembler import AssemblerNotFound, available_assemblers, find_assembler
+from riscv_ft.rv.reference import classify, normalize
+from riscv_ft.rv.sanitize import Refused, sanitize
 from riscv_ft.evaluate.scorer import score_rows, summarize
 
 AVAILABLE = available_assemblers()
@@ -257,8 +257,8 @@ def test_each_assembler_agrees(kind):
 @pytest.mark.parametrize("kind", AVAILABLE)
 def test_relocations_resolve_near_and_far(kind):
     """`la`, `call`, branches to the snippet's own labels run correctly, also >2 KiB away (hi20 != 0)."""
-    from riscv_ft.evaluate.assembler import CODE_BASE
-    from riscv_ft.evaluate.emulator import Emulator, random_states
+    from riscv_ft.rv.assembler import CODE_BASE
+    from riscv_ft.rv.emulator import Emulator, random_states
 
     asm, emu, state = find_assembler(kind), Emulator(), random_states(1)[0]
     filler = "li t0, 0x123456789abcdef\n" * 100  # ~3 KiB of code
@@ -279,8 +279,8 @@ def test_elf_reader_matches_pyelftools():
     elffile = pytest.importorskip("elftools.elf.elffile")
     import io
 
-    from riscv_ft.evaluate.assembler import _batch_source
-    from riscv_ft.evaluate.elf import read_object
+    from riscv_ft.rv.assembler import _batch_source
+    from riscv_ft.rv.elf import read_object
 
     asm = find_assembler()
     group = [(i, sanitize(t)) for i, t in enumerate(["add a0, a1, a2", "loop: j loop", "la a0, __rv_target", "call x"])]
@@ -430,7 +430,7 @@ def test_register_context_cache_stays_bounded_across_many_load_store_bases():
     over must not grow the machine's context cache without bound (it did: 4,550 per pass)."""
     from itertools import combinations
 
-    from riscv_ft.evaluate.emulator import _MAX_CONTEXTS, Emulator
+    from riscv_ft.rv.emulator import _MAX_CONTEXTS, Emulator
 
     regs = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "t0", "t1", "t2", "s2", "s3", "s4", "s5"]
     rows = [{"reference": f"ld a0, 8({a})\nsd a1, 16({b})\nsd a2, 0({c})",

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from riscv_ft.evaluate.assembler import available_assemblers, find_assembler
-from riscv_ft.evaluate.reference import classify, instruction_count
+from riscv_ft.rv.assembler import available_assemblers, find_assembler
+from riscv_ft.rv.reference import classify, instruction_count
 from riscv_ft.evaluate.scorer import score_rows
 
 pytestmark = pytest.mark.skipif(not available_assemblers(), reason="no RISC-V assembler installed")

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from riscv_ft.sources import ModelLoadError, cache_dir, gguf, resolve_base, wheel
+from riscv_ft.sources import gguf, resolve_base, wheel
+from riscv_ft.sources.cache import ModelLoadError, cache_dir
 from riscv_ft.sources.tiny import tiny_model_dir
 
 from tests.conftest import run_train
@@ -205,7 +206,7 @@ def test_a_broken_or_unsupported_gguf_fails_in_one_line(tiny_gguf, tmp_path, dam
     with pytest.raises(ModelLoadError) as caught:
         gguf.converted_folder(path)
     assert message in str(caught.value) and "\n" not in str(caught.value)
-    assert not list((gguf.cache_dir() / "gguf").glob(".model-*"))  # nothing half-written left
+    assert not list((cache_dir() / "gguf").glob(".model-*"))  # nothing half-written left
 
 
 def test_a_truncated_gguf_ends_the_run_with_exit_2_and_one_line(tiny_gguf, tmp_path):
@@ -283,7 +284,7 @@ def test_gguf_metadata_out_of_range_fails_in_one_line_naming_the_file_and_key(ti
         gguf.converted_folder(path)
     text = str(caught.value)
     assert message in text and str(path) in text and "\n" not in text, text
-    assert not list((gguf.cache_dir() / "gguf").glob(".bad*"))  # nothing half-written left
+    assert not list((cache_dir() / "gguf").glob(".bad*"))  # nothing half-written left
 
 
 def test_a_gguf_with_bos_out_of_range_ends_the_run_with_exit_2_and_one_line(tiny_gguf_contents, tmp_path):
@@ -527,7 +528,7 @@ def test_a_replaced_local_model_gets_a_new_float_copy_and_nothing_is_written_bes
 WRITER = """
 import sys, time
 from pathlib import Path
-from riscv_ft.sources import atomic_folder
+from riscv_ft.sources.cache import atomic_folder
 with atomic_folder(Path(sys.argv[1])) as tmp:
     (tmp / "weights.bin").write_bytes(b"x" * 1_000_000)
     print(tmp, flush=True)
@@ -536,7 +537,7 @@ with atomic_folder(Path(sys.argv[1])) as tmp:
 
 
 def test_the_temporary_folder_of_a_writer_killed_by_sigkill_is_swept_and_a_live_writers_is_not(tmp_path):
-    from riscv_ft.sources import atomic_folder
+    from riscv_ft.sources.cache import atomic_folder
 
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(repo)}

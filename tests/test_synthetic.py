@@ -12,7 +12,7 @@ import time
 import pytest
 
 from riscv_ft.data.synthetic import NUM, Sample, Step, SyntheticError, synthetic_rows, verify_samples
-from riscv_ft.evaluate.assembler import available_assemblers
+from riscv_ft.rv.assembler import available_assemblers
 from riscv_ft.evaluate.scorer import score_rows
 
 needs_assembler = pytest.mark.skipif(not available_assemblers(), reason="no RISC-V assembler installed")

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from riscv_ft.data.tasks import CATEGORIES, TaskError, draw_tasks, task_rows, verify_tasks
-from riscv_ft.evaluate.assembler import available_assemblers
+from riscv_ft.rv.assembler import available_assemblers
 
 needs_assembler = pytest.mark.skipif(not available_assemblers(), reason="no RISC-V assembler installed")
 

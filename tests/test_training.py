@@ -9,7 +9,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from riscv_ft.cli import PACKAGE_DATA, compose
-from riscv_ft.data.pipeline import make_batch, prepare
+from riscv_ft.data.batch import make_batch
+from riscv_ft.data.pipeline import prepare
 from riscv_ft.model import apply_adapters, load_base, save_adapters
 from riscv_ft.trainer import Trainer, enable_grad_checkpoint, masked_loss
 

@@ -13,10 +13,11 @@ from riscv_ft.data import mixing
 from riscv_ft.data.mixing import masked_tokens, near_copies, user_style_rows
 from riscv_ft.data.synthetic import synthetic_rows
 from riscv_ft.data.tasks import task_rows
-from riscv_ft.evaluate.assembler import available_assemblers
-from riscv_ft.evaluate.model_eval import USER_PROMPTS, answer_rows, load_user_prompts
-from riscv_ft.evaluate.reference import instruction_count, normalize
-from riscv_ft.evaluate.sanitize import REGISTERS
+from riscv_ft.rv.assembler import available_assemblers
+from riscv_ft.data.user_prompts import USER_PROMPTS, load_user_prompts
+from riscv_ft.evaluate.model_eval import answer_rows
+from riscv_ft.rv.reference import instruction_count, normalize
+from riscv_ft.rv.sanitize import REGISTERS
 from riscv_ft.evaluate.scorer import score_rows, summarize
 
 needs_assembler = pytest.mark.skipif(not available_assemblers(), reason="no RISC-V assembler installed")
@@ -79,7 +80,7 @@ def test_the_evaluation_loads_the_new_fields_and_reports_per_category():
 def test_training_mix_does_not_read_the_evaluation_set(monkeypatch):
     def forbidden(*_args, **_kwargs):
         raise AssertionError("the training mix read the evaluation set")
-    monkeypatch.setattr("riscv_ft.evaluate.model_eval.load_user_prompts", forbidden)
+    monkeypatch.setattr("riscv_ft.data.user_prompts.load_user_prompts", forbidden)
     monkeypatch.setattr(mixing, "load_user_prompts", forbidden, raising=False)
     assert len(user_style_rows(20, seed=0)) == 20
     assert len(task_rows(20, seed=0)) == 20 and len(synthetic_rows(20, seed=0)) == 20

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from riscv_ft.evaluate.assembler import available_assemblers
+from riscv_ft.rv.assembler import available_assemblers
 from riscv_ft.evaluate.verified import pick_by_behaviour, pick_many
 
 pytestmark = pytest.mark.skipif(not available_assemblers(), reason="no RISC-V assembler installed")

@@ -155,7 +155,7 @@ def user_style_rows(num_rows: int, seed: int, assembler: str = "auto") -> list[d
 
 def mix_training_rows(train: list[dict], data_cfg, seed: int) -> tuple[list[dict], dict]:
     """The training split with the configured extra rows; and counts for the data report."""
-    from riscv_ft.evaluate.reference import classify
+    from riscv_ft.rv.reference import classify
 
     added = {}
     rows = list(train)

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from riscv_ft.data.pipeline import Batch, Sample
+from riscv_ft.data.batch import Batch, Sample
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int, seed: int, epoch: int = 0) -> list[list[int]]:

@@ -1,3 +1,5 @@
+# One module on purpose: each operation's phrasings, its Python semantics and the check against
+# the emulator are read together, table by table (data/tasks/ is the multi-instruction sibling).
 """Generated (description, instructions) pairs for RV64I + M, each one checked by running it.
 
     rows = synthetic_rows(3000, seed=0)        # [{"description": ..., "instructions": ...}, ...]
@@ -10,8 +12,8 @@ mostly ABI register names (a0, t1, s2; some rows use x10-style names). Each oper
 phrasings; descriptions stay under 25 words so a small model can learn them. Output is
 deterministic for a given seed.
 
-How it is checked (verify=True): every pair's instructions go through the scorer's own assembler
-(riscv_ft.evaluate.assembler) and emulator (riscv_ft.evaluate.emulator). Each pair must assemble,
+How it is checked (verify=True): every pair's instructions go through the same assembler as the scorer
+(riscv_ft.rv.assembler) and emulator (riscv_ft.rv.emulator). Each pair must assemble,
 run to its end without trapping from several random initial states (base registers of loads
 and stores pointing into the data region), and leave exactly the registers and memory that a
 small Python model of the same operations predicts. So a description that says "unsigned" over
@@ -456,8 +458,8 @@ def _join(texts: list[str]) -> str:
 
 def verify_samples(samples: list[Sample], assembler="auto", states_per_sample: int = 3, seed: int = 0) -> None:
     """Assemble and run every sample; raise SyntheticError listing the ones that are wrong."""
-    from riscv_ft.evaluate.assembler import find_assembler
-    from riscv_ft.evaluate.emulator import (DATA_BASE, DATA_SIZE, Emulator, InitialState, pointer,
+    from riscv_ft.rv.assembler import find_assembler
+    from riscv_ft.rv.emulator import (DATA_BASE, DATA_SIZE, Emulator, InitialState, pointer,
                                             random_register_value)
 
     asm = find_assembler(assembler)
@@ -506,7 +508,7 @@ def synthetic_rows(num_rows: int, seed: int, verify: bool = True, assembler="aut
     have at most `max_instructions` (1-3) instructions.
 
     verify=True assembles and runs every pair (needs a RISC-V assembler: see
-    riscv_ft.evaluate.assembler.find_assembler) and raises SyntheticError if any is wrong.
+    riscv_ft.rv.assembler.find_assembler) and raises SyntheticError if any is wrong.
     """
     if num_rows < 0:
         raise ValueError("num_rows must be >= 0")

@@ -17,22 +17,17 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from riscv_ft.evaluate.assembler import AssemblerNotFound
-from riscv_ft.evaluate.reference import CLASSES, classify, normalize
+from riscv_ft.data.user_prompts import ROW_FIELDS
 from riscv_ft.evaluate.scorer import score_rows, summarize
 from riscv_ft.evaluate.verified import DECODES, SAMPLES, verified_answers
-from riscv_ft.inference import cached_answers
+from riscv_ft.answer_cache import cached_answers
+from riscv_ft.rv.assembler import AssemblerNotFound
+from riscv_ft.rv.reference import CLASSES, classify, normalize
 
 log = logging.getLogger(__name__)
 
 # Figures worth a metric in MLflow (the rest stays in eval_summary.json).
 HEADLINE = ("exact_match_rate", "mnemonic_match_rate", "assembles_rate", "same_encoding_rate", "functional_rate")
-# Row fields that travel from an evaluation set to the scorer: a row's kind of task (summary per
-# category) and its scratch registers (whose final value does not count).
-ROW_FIELDS = ("category", "scratch")
-# User-style prompts with reference assembly, written by hand (not by data/synthetic.py): a second
-# test set, answered in every evaluation next to the held-out split.
-USER_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "user_prompts.jsonl"
 
 
 def select_rows(rows: list[dict], num_rows: int, seed: int) -> tuple[list[dict], dict]:
@@ -60,18 +55,12 @@ def select_rows(rows: list[dict], num_rows: int, seed: int) -> tuple[list[dict],
     }
 
 
-def load_user_prompts(path: Path = USER_PROMPTS) -> list[dict]:
-    """The shipped user-style prompt set as rows of {description, instructions[, category, scratch]}."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [{k: r[k] for k in ("description", "instructions", *ROW_FIELDS) if k in r} for r in rows]
-
-
 def answer_rows(model, tokenizer, rows: list[dict], prompt_format: str, max_tokens: int,
                 batch_size: int = 32, answers: list[str] | None = None, identity: str | None = None) -> list[dict]:
     """Each row's description answered: {description, reference, prediction} (and the row's
     category and scratch), the scorer's input. `answers` given: those instead of the model's.
-    With the model's `identity` (inference.model_identity; base models only) the answers are
-    cached on disk (inference.cached_answers)."""
+    With the model's `identity` (answer_cache.model_identity; base models only) the answers are
+    cached on disk (answer_cache.cached_answers)."""
     if answers is None:
         answers, _ = cached_answers(identity, model, tokenizer, [r["description"] for r in rows], prompt_format,
                                     max_tokens, batch_size)

@@ -37,10 +37,10 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Sequence
 
-from riscv_ft.evaluate.assembler import Assembler, find_assembler
-from riscv_ft.evaluate.emulator import NO_SCRATCH, Emulator, Scratch, boundary_states, disassemble
-from riscv_ft.evaluate.reference import CLASSES, bind_placeholders, classify, instruction_count, mnemonics, normalize
-from riscv_ft.evaluate.sanitize import REGISTERS
+from riscv_ft.rv.assembler import Assembler, find_assembler
+from riscv_ft.rv.emulator import NO_SCRATCH, Emulator, Scratch, boundary_states, disassemble
+from riscv_ft.rv.reference import CLASSES, bind_placeholders, classify, instruction_count, mnemonics, normalize
+from riscv_ft.rv.sanitize import REGISTERS
 
 METRICS = ("exact_match", "mnemonic_match", "assembles", "same_encoding", "functional")
 _MNEMONIC_CLASSES = ("assembly", "mnemonic", "directive")

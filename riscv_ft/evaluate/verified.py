@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from riscv_ft.evaluate.assembler import Assembler, find_assembler
-from riscv_ft.evaluate.emulator import NO_SCRATCH, STEP_LIMIT, Emulator, Scratch, ignoring_scratch
-from riscv_ft.evaluate.reference import bind_placeholders
+from riscv_ft.rv.assembler import Assembler, find_assembler
+from riscv_ft.rv.emulator import NO_SCRATCH, STEP_LIMIT, Emulator, Scratch, ignoring_scratch
+from riscv_ft.rv.reference import bind_placeholders
 from riscv_ft.evaluate.scorer import default_emulator, base_registers, scratch_registers
 
 DECODES = ("greedy", "verify")

@@ -1,3 +1,5 @@
+# One module on purpose: one file format, read in the order a conversion runs: header checks,
+# metadata, weights, tokenizer; each part is only called from the one before.
 """A llama/mistral/qwen2 GGUF file converted into a folder that upstream `mlx_lm.load` opens.
 
     model.path=FILE.gguf
@@ -42,7 +44,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from riscv_ft.sources import ModelLoadError, atomic_folder, cache_dir
+from riscv_ft.sources.cache import ModelLoadError, atomic_folder, cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from riscv_ft.device import backend, quantized_matmul_is_fast
-from riscv_ft.sources import ModelLoadError, atomic_folder, cache_dir
+from riscv_ft.sources.cache import ModelLoadError, atomic_folder, cache_dir
 
 log = logging.getLogger(__name__)
 

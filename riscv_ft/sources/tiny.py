@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from riscv_ft.sources import atomic_folder, cache_dir
+from riscv_ft.sources.cache import atomic_folder, cache_dir
 
 log = logging.getLogger(__name__)
 

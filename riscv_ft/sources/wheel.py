@@ -25,7 +25,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from riscv_ft.sources import ModelLoadError, atomic_folder, cache_dir
+from riscv_ft.sources.cache import ModelLoadError, atomic_folder, cache_dir
 
 log = logging.getLogger(__name__)
 

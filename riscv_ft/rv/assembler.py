@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from riscv_ft.evaluate.elf import ElfError, UnresolvedSymbol, read_object, relocate
-from riscv_ft.evaluate.sanitize import SECTION_PREFIX, SNIPPET_MARKER, TARGET_LABEL, Refused, Sanitized, sanitize
+from riscv_ft.rv.elf import ElfError, UnresolvedSymbol, read_object, relocate
+from riscv_ft.rv.sanitize import SECTION_PREFIX, SNIPPET_MARKER, TARGET_LABEL, Refused, Sanitized, sanitize
 
 # Every snippet is linked for, and run at, this address (emulator.py maps it).
 CODE_BASE = 0x10000

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 
-from riscv_ft.evaluate.sanitize import REGISTERS, TARGET_LABEL
+from riscv_ft.rv.sanitize import REGISTERS, TARGET_LABEL
 
 CLASSES = ("assembly", "mnemonic", "pseudo-code", "directive", "other")
 

@@ -1,3 +1,5 @@
+# One module on purpose: the machine setup, the context-buffer fast path, the random states and
+# the end-state comparison all follow one memory map and one register layout.
 """Run RV64GC machine code in unicorn from fixed initial states and snapshot the end state.
 
 Two snippets are functionally equivalent here when, started from each of the same several
@@ -34,8 +36,8 @@ from unicorn import (UC_ARCH_RISCV, UC_ERR_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_M
                      UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
 from unicorn import riscv_const as rv
 
-from riscv_ft.evaluate.assembler import CODE_BASE, Program
-from riscv_ft.evaluate.sanitize import FP_ABI, INT_ABI
+from riscv_ft.rv.assembler import CODE_BASE, Program
+from riscv_ft.rv.sanitize import FP_ABI, INT_ABI
 
 CODE_SIZE = 0x10000
 DATA_BASE = 0x80000

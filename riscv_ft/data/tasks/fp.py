@@ -1,0 +1,125 @@
+"""Floating-point task families (F and D)."""
+
+from __future__ import annotations
+
+import random
+
+from riscv_ft.data.tasks.base import _Draw, f32, s32, State, Task
+
+
+# ------------------------------------------------------------------ floating point
+
+def _fp_value(rng: random.Random) -> float:
+    return round(rng.uniform(-500, 500), rng.choice([0, 1, 2, 3])) or 1.5
+
+
+def _fp(d: _Draw) -> Task:
+    rng = d.rng
+    double = rng.random() < 0.5
+    sfx, name, ctype, size = ("d", "double", "double", 8) if double else ("s", "single", "float", 4)
+    ld_, st_ = ("fld", "fsd") if double else ("flw", "fsw")
+    rnd = (lambda v: v) if double else f32
+    ops = {"add": ("fadd", "+", lambda x, y: x + y), "sub": ("fsub", "-", lambda x, y: x - y),
+           "mul": ("fmul", "*", lambda x, y: x * y), "div": ("fdiv", "/", lambda x, y: x / y)}
+    word, (mn, sym, fn) = rng.choice(sorted(ops.items()))
+    kind = rng.randrange(5)
+    if kind == 0:  # load two values, operate, store
+        p = d.reg()
+        o1, o2, o3 = (size * k for k in rng.sample(range(0, 8), 3))
+        t1, t2 = d.ftemp(), d.ftemp()
+        text = d.say(imperative=[f"load the {ctype}s at {o1}({p}) and {o2}({p}), {word} them, and store the result at {o3}({p})"],
+                     question=[f"How do I compute {p}[{o3 // size}] = {p}[{o1 // size}] {sym} {p}[{o2 // size}] for {ctype}s?"],
+                     c=[f"(({ctype} *){p})[{o3 // size}] = (({ctype} *){p})[{o1 // size}] {sym} (({ctype} *){p})[{o2 // size}];"],
+                     terse=[f"{ctype}: mem[{p}+{o3}] = mem[{p}+{o1}] {sym} mem[{p}+{o2}]"])
+
+        def prepare(r: random.Random, s: State) -> None:
+            s.store_f(s[p] + o1, _fp_value(r), double)
+            s.store_f(s[p] + o2, _fp_value(r), double)
+
+        def model(s: State) -> None:
+            s.store_f(s[p] + o3, rnd(fn(s.load_f(s[p] + o1, double), s.load_f(s[p] + o2, double))), double)
+        return Task("fp", text, [f"{ld_} {t1}, {o1}({p})", f"{ld_} {t2}, {o2}({p})", f"{mn}.{sfx} {t1}, {t1}, {t2}",
+                                 f"{st_} {t1}, {o3}({p})"], model, {p}, [t1, t2], prepare)
+    if kind == 1:  # register expression x*y + z with two roundings
+        dst, x, y, z = d.freg(), d.freg(), d.freg(), d.freg()
+        t = d.ftemp()
+        text = d.say(c=[f"{dst} = {x} * {y} + {z};  // {ctype}, not fused"],
+                     imperative=[f"multiply the {ctype}s {x} and {y}, then add {z}, result in {dst} (separate mul and add)"],
+                     question=[f"How do I compute {dst} = {x}*{y} + {z} in {ctype} precision with fmul and fadd?"],
+                     terse=[f"{dst} = {x}*{y}+{z} ({name} precision, two roundings)"])
+        get, put = (State.fd, State.set_fd) if double else (State.fs, State.set_fs)
+
+        def prepare(r: random.Random, s: State) -> None:
+            for reg in (x, y, z):
+                put(s, reg, rnd(_fp_value(r)))
+
+        def model(s: State) -> None:
+            put(s, dst, rnd(rnd(get(s, x) * get(s, y)) + get(s, z)))
+        return Task("fp", text, [f"fmul.{sfx} {t}, {x}, {y}", f"fadd.{sfx} {dst}, {t}, {z}"], model, set(), [t], prepare)
+    if kind == 2:  # int -> float, operate, float -> int (truncating)
+        dst, a, b = d.regs(3)
+        t1, t2 = d.ftemp(), d.ftemp()
+        text = d.say(c=[f"{dst} = (int)(({ctype}){a} {sym} ({ctype}){b});"],
+                     imperative=[f"convert {a} and {b} to {ctype}, {word} them, and truncate the result back to an int in {dst}"],
+                     question=[f"How do I do {a} {sym} {b} in {name} precision and get the truncated int in {dst}?"],
+                     terse=[f"{dst} = int({ctype}({a}) {sym} {ctype}({b}))"])
+
+        def prepare(r: random.Random, s: State) -> None:
+            s[a] = r.randint(-1000, 1000)
+            s[b] = r.choice([-1, 1]) * r.randint(1, 1000)
+
+        def model(s: State) -> None:
+            v = rnd(fn(rnd(float(s32(s[a]))), rnd(float(s32(s[b])))))
+            s[dst] = int(v)  # toward zero, as the rtz rounding mode
+        return Task("fp", text, [f"fcvt.{sfx}.w {t1}, {a}", f"fcvt.{sfx}.w {t2}, {b}", f"{mn}.{sfx} {t1}, {t1}, {t2}",
+                                 f"fcvt.w.{sfx} {dst}, {t1}, rtz"], model, set(), [t1, t2], prepare)
+    if kind == 3:  # load a single, widen to double (or narrow a double), store
+        p = d.reg()
+        dst = d.freg()
+        widen = rng.random() < 0.5
+        t = d.ftemp()
+        if widen:
+            off = 4 * rng.randint(0, 10)
+            text = d.say(imperative=[f"load the float at {off}({p}) and convert it to double in {dst}"],
+                         question=[f"How do I read a float from {p}+{off} into {dst} as a double?"],
+                         c=[f"{dst} = (double)*(float *)({p} + {off});"], terse=[f"{dst} = (double) float@{off}({p})"])
+
+            def prepare(r: random.Random, s: State) -> None:
+                s.store_f(s[p] + off, _fp_value(r), False)
+            return Task("fp", text, [f"flw {t}, {off}({p})", f"fcvt.d.s {dst}, {t}"],
+                        lambda s: s.set_fd(dst, s.load_f(s[p] + off, False)), {p}, [t], prepare)
+        off = 8 * rng.randint(0, 10)
+        text = d.say(imperative=[f"load the double at {off}({p}), round it to float, and store it back at {off}({p}) as a float"],
+                     question=[f"How do I narrow the double at {p}+{off} to a float stored at the same address?"],
+                     c=[f"*(float *)({p} + {off}) = (float)*(double *)({p} + {off});"],
+                     terse=[f"double@{off}({p}) -> float, stored in place"])
+
+        def prepare(r: random.Random, s: State) -> None:
+            s.store_f(s[p] + off, r.uniform(-1e4, 1e4), True)
+        return Task("fp", text, [f"fld {t}, {off}({p})", f"fcvt.s.d {t}, {t}", f"fsw {t}, {off}({p})"],
+                    lambda s: s.store_f(s[p] + off, f32(s.load_f(s[p] + off, True)), False), {p}, [t], prepare)
+    # kind 4: max / abs / compare on FP registers
+    dst, x, y = d.freg(), d.freg(), d.freg()
+    get, put = (State.fd, State.set_fd) if double else (State.fs, State.set_fs)
+
+    def prepare(r: random.Random, s: State) -> None:
+        for reg in (x, y):
+            put(s, reg, rnd(_fp_value(r)))
+    which = rng.choice(["max", "min", "absdiff", "less"])
+    if which in ("max", "min"):
+        text = d.say(c=[f"{dst} = f{which}({x}, {y});  // {ctype}"], imperative=[f"put the {which} of the {ctype}s {x} and {y} in {dst}"],
+                     question=[f"How do I take the {which}imum of two {ctype}s {x}, {y} into {dst}?"])
+        return Task("fp", text, [f"f{which}.{sfx} {dst}, {x}, {y}"],
+                    lambda s: put(s, dst, (max if which == "max" else min)(get(s, x), get(s, y))), set(), [], prepare)
+    if which == "absdiff":
+        text = d.say(c=[f"{dst} = fabs({x} - {y});  // {ctype}"],
+                     imperative=[f"put the absolute difference of the {ctype}s {x} and {y} in {dst}"],
+                     question=[f"How do I compute |{x} - {y}| for {ctype}s into {dst}?"])
+        return Task("fp", text, [f"fsub.{sfx} {dst}, {x}, {y}", f"fabs.{sfx} {dst}, {dst}"],
+                    lambda s: put(s, dst, abs(rnd(get(s, x) - get(s, y)))), set(), [], prepare)
+    a = d.reg()
+    text = d.say(c=[f"{a} = ({x} < {y}) ? 0 : 1;  // {ctype}s"],
+                 imperative=[f"{a} should be 0 when the {ctype} {x} < {y}, and 1 otherwise"],
+                 question=[f"How do I get 1 in {a} when {x} >= {y} (not less), for {ctype}s?"])
+    return Task("fp", text, [f"flt.{sfx} {a}, {x}, {y}", f"xori {a}, {a}, 1"],
+                lambda s: s.__setitem__(a, int(not get(s, x) < get(s, y))), set(), [], prepare)
