@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("training", ["riscv_ft.trainer"]),
     ("evaluation", ["riscv_ft.evaluate"]),
     ("reinforcement", ["riscv_ft.grpo"]),
-    ("tracking", ["riscv_ft.track", "riscv_ft.tracking"]),
+    ("tracking", ["riscv_ft.tracking"]),
     ("one run", ["riscv_ft.experiment", "riscv_ft.assistant", "riscv_ft.mlflow_model"]),
     ("entry points", ["riscv_ft.train", "riscv_ft.sweep", "riscv_ft.compare", "riscv_ft.cli", "riscv_ft.generate",
                       "riscv_ft.export", "riscv_ft.score", "riscv_ft.doctor", "riscv_ft.evaluate.__main__"]),
@@ -37,8 +37,6 @@ MAX_UPWARD = 3
 # A module over LONG lines starts with this line, saying why it stays one file.
 LONG = 450
 MARKER = "# One module on purpose:"
-# Being split into the package riscv_ft/tracking/ on its own branch.
-LONG_EXEMPT = {"riscv_ft/track.py"}
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -143,10 +141,7 @@ def describe_circle(graph: dict[str, dict[str, int]], component: list[str]) -> s
 def test_no_import_circle_inside_the_package():
     graph = import_graph()
     assert len(graph) > 40 and "riscv_ft.data.pipeline" in graph["riscv_ft.trainer"]  # the graph was read
-    # The circle track -> mlflow_model -> assistant -> track goes with the tracking package
-    # (riscv_ft/tracking/ replaces track.py); while track.py exists it is the one circle let pass.
-    known = {"riscv_ft", "riscv_ft.assistant", "riscv_ft.mlflow_model", "riscv_ft.track"}
-    found = [c for c in circles(graph) if not ("riscv_ft.track" in graph and set(c) <= known)]
+    found = circles(graph)
     assert not found, "import circles inside riscv_ft/:\n" + "\n".join(
         "modules in one circle: " + ", ".join(c) + "\n" + describe_circle(graph, c) for c in found)
 
@@ -165,7 +160,7 @@ def test_long_modules_say_why_they_stay_one_file():
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE.parent).as_posix()
         lines = path.read_text(encoding="utf-8").splitlines()
-        if len(lines) > LONG and relative not in LONG_EXEMPT and not lines[0].startswith(MARKER):
+        if len(lines) > LONG and not lines[0].startswith(MARKER):
             unexplained.append(f"{relative} ({len(lines)} lines)")
     assert not unexplained, (f"modules over {LONG} lines whose first line is not '{MARKER} <why>':\n"
                              + "\n".join(unexplained))
