@@ -4,11 +4,6 @@ samples seen.
 
     python benchmarks/packing.py --data ../shared/data/riscv-instruction-specification/train.jsonl
     python benchmarks/packing.py --data ... --iters 200 --batch-size 8 --pack-rows 1
-    python benchmarks/packing.py --data ... --rope-check 64
-
---rope-check N packs N samples and prints the largest relative difference of a sample's packed
-loss from its unpacked loss, with rotary positions restarting per sample and with positions
-running on across the row (RoPE is relative, so only rounding tells them apart).
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ def main() -> None:
     parser.add_argument("--pack-rows", type=int, default=4, help="rows per packed batch")
     parser.add_argument("--iters", type=int, default=0, help="training steps of the unpacked run (0: data only)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--rope-check", type=int, default=0, metavar="N", help="compare per-sample losses of N samples")
     args = parser.parse_args()
     use_fast_blas()
 
@@ -56,31 +50,6 @@ def main() -> None:
     print(f"packing one epoch took {pack_seconds * 1000:.0f} ms")
     if args.iters:
         _train_both(args, overrides, train)
-    if args.rope_check:
-        _rope_check(loaded.model, train[: args.rope_check], args.max_seq_length)
-
-
-def _rope_check(model, samples, width) -> None:
-    import mlx.core as mx
-    import numpy as np
-
-    from riscv_ft.data.packing import first_fit_decreasing, make_packed_batch
-    from riscv_ft.data.batch import make_batch
-    from riscv_ft.trainer import _cross_entropy, _logits_at, batch_arrays, masked_loss
-
-    rows = first_fit_decreasing([len(s.tokens) - 1 for s in samples], width, seed=0)
-    packed = make_packed_batch(samples, rows, width)
-    arrays = batch_arrays(packed)
-    inputs, targets, mask, segment_ids, restarting = (arrays[k] for k in ("inputs", "targets", "mask", "segment_ids", "rope_positions"))
-    running = mx.broadcast_to(mx.arange(width)[None], restarting.shape)
-    alone = {index: masked_loss(model, **batch_arrays(make_batch([samples[index]], 8)))[0].item() for row in rows for index in row}
-    for name, positions in (("restarting", restarting), ("running on", running)):
-        logits = _logits_at(model, inputs, None, segment_ids, positions)
-        token_loss = np.array(_cross_entropy(logits, targets.reshape(-1)) * mask.reshape(-1)).reshape(packed.mask.shape)
-        worst = max(abs(token_loss[r][packed.segment_ids[r] == k].sum() - alone[index]) / alone[index]
-                    for r, row in enumerate(rows) for k, index in enumerate(row, start=1))
-        print(f"{len(samples)} samples in {len(rows)} rows of {width}, positions {name}: "
-              f"largest relative difference from the unpacked loss {worst:.2e}")
 
 
 def _train_both(args, overrides, train) -> None:

@@ -47,7 +47,7 @@ class TrainingDiverged(RuntimeError):
 
 def masked_loss(
     model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, positions: mx.array | None = None,
-    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None, loss_chunk: int = 0,
+    segment_ids: mx.array | None = None, loss_chunk: int = 0,
 ):
     """Summed cross-entropy over the tokens the mask keeps, and how many it keeps.
 
@@ -59,9 +59,8 @@ def masked_loss(
     prompt masked that is a fifth of the batch, and the 32,768-wide output layer and its
     softmax were most of the tiny model's step (benchmarks/NOTES.md). Same sum, same gradients.
 
-    `segment_ids` and `rope_positions` (packed rows, see riscv_ft.data.packing) keep each
-    sample's attention within the sample and restart its rotary positions at 0, so every
-    sample's loss is its unpacked loss.
+    `segment_ids` (packed rows, see riscv_ft.data.packing) keeps each sample's attention
+    within the sample, so every sample's loss is its unpacked loss.
 
     `loss_chunk` > 0 (trainer.loss_chunk): the output layer and the loss run on that many
     positions at a time, each chunk recomputed in the backward pass, so the float32
@@ -69,7 +68,7 @@ def masked_loss(
     """
     head = _output_layer(model) if loss_chunk > 0 else None
     if head is not None:
-        hidden = _hidden_at(model, inputs, positions, segment_ids, rope_positions)
+        hidden = _hidden_at(model, inputs, positions, segment_ids)
         targets, mask = targets.reshape(-1), mask.reshape(-1)
         if positions is not None:
             targets, mask = targets[positions], mask[positions]
@@ -77,7 +76,7 @@ def masked_loss(
     if positions is None and segment_ids is None:
         logits = model(inputs)
     else:
-        logits = _logits_at(model, inputs, positions, segment_ids, rope_positions)
+        logits = _logits_at(model, inputs, positions, segment_ids)
         targets, mask = targets.reshape(-1), mask.reshape(-1)
         if positions is not None:
             targets, mask = targets[positions], mask[positions]
@@ -87,7 +86,7 @@ def masked_loss(
 
 def _logits_at(
     model: nn.Module, inputs: mx.array, positions: mx.array | None,
-    segment_ids: mx.array | None = None, rope_positions: mx.array | None = None,
+    segment_ids: mx.array | None = None,
 ) -> mx.array:
     """Logits at flat `positions` of the batch (all of them when None), flattened to
     (positions, vocab): the transformer runs on every position, the output layer on the
@@ -95,7 +94,7 @@ def _logits_at(
     keeps the selected rows). Packed rows (`segment_ids`) need a llama/mistral model."""
     head = _output_layer(model)
     if head is not None:
-        return head[1](_hidden_at(model, inputs, positions, segment_ids, rope_positions))
+        return head[1](_hidden_at(model, inputs, positions, segment_ids))
     if segment_ids is not None:
         raise ValueError(packing_problem(model))
     logits = model(inputs)
@@ -114,10 +113,10 @@ def _output_layer(model: nn.Module) -> tuple[nn.Module, Callable] | None:
 
 
 def _hidden_at(model: nn.Module, inputs: mx.array, positions: mx.array | None,
-               segment_ids: mx.array | None = None, rope_positions: mx.array | None = None) -> mx.array:
+               segment_ids: mx.array | None = None) -> mx.array:
     """The last hidden states of a llama/mistral model at flat `positions` (all when None): (positions, hidden)."""
     body = model.model
-    hidden = body(inputs) if segment_ids is None else packed_hidden(body, inputs, segment_ids, rope_positions)
+    hidden = body(inputs) if segment_ids is None else packed_hidden(body, inputs, segment_ids)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     return hidden if positions is None else hidden[positions]
 
@@ -703,7 +702,7 @@ def batch_arrays(batch: Batch, select_positions: bool = True) -> dict:
         multiple = 8 if batch.segment_ids is None else max(8, batch.inputs.size // PACKED_LOSS_BUCKETS)
         arrays["positions"] = mx.array(loss_positions(batch.mask, multiple))
     if batch.segment_ids is not None:
-        arrays.update(segment_ids=mx.array(batch.segment_ids), rope_positions=mx.array(batch.rope_positions))
+        arrays["segment_ids"] = mx.array(batch.segment_ids)
     return arrays
 
 

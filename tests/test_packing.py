@@ -15,7 +15,7 @@ from riscv_ft.data.packing import first_fit_decreasing, make_packed_batch, packe
 from riscv_ft.data.batch import Sample, make_batch, padding_share
 from riscv_ft.data.pipeline import iterate_training_batches, length_bucketed_batches, prepare
 from riscv_ft.model import apply_adapters, load_base
-from riscv_ft.packed_forward import _RoPEAtPositions, block_diagonal_causal_mask
+from riscv_ft.packed_forward import block_diagonal_causal_mask
 from riscv_ft.trainer import Trainer, batch_arrays, masked_loss
 from tests.conftest import run_train
 
@@ -83,7 +83,7 @@ def test_packed_stream_resumes_where_the_uninterrupted_one_was_and_changes_order
     assert not all(np.array_equal(a.inputs, b.inputs) for a, b in zip(full[:per_epoch], full[per_epoch : 2 * per_epoch]))
 
 
-def test_packed_row_lays_out_each_sample_as_unpacked_with_positions_restarting_at_zero():
+def test_packed_row_lays_out_each_sample_as_unpacked():
     samples = [Sample([1, 5, 6, 7, 8, 2], 3), Sample([1, 9, 9, 2], 2), Sample([1, 4, 2], 0)]
     packed = make_packed_batch(samples, [[0, 1, 2]], width=16)
     start = 0
@@ -95,7 +95,6 @@ def test_packed_row_lays_out_each_sample_as_unpacked_with_positions_restarting_a
         assert np.array_equal(packed.targets[0, part], alone.targets[0])
         assert np.array_equal(packed.mask[0, part], alone.mask[0])
         assert list(packed.segment_ids[0, part]) == [k + 1] * n
-        assert list(packed.rope_positions[0, part]) == list(range(n))
         start += n
     assert not packed.mask[0, start:].any() and not packed.segment_ids[0, start:].any()  # padding never trained
     assert packed.samples == 3 and packed.real_tokens == start
@@ -116,15 +115,14 @@ def test_packing_the_real_snapshot_leaves_little_padding(snapshot_path, smoke):
 # ---------------------------------------------------------------- the packed forward
 
 
-def test_rope_at_positions_rotates_each_sample_from_position_zero():
-    rope = nn.RoPE(8, base=10000.0)
-    x = mx.random.normal((2, 3, 7, 8), key=mx.random.key(0))  # (B, heads, L, head_dim)
-    positions = mx.array([[0, 1, 2, 3, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4]])
-    rotated = _RoPEAtPositions(rope, positions)(x)
-    for b, starts in enumerate([(0, 4), (0, 2)]):
-        for start, end in zip(starts, starts[1:] + (7,)):
-            expected = rope(x[b : b + 1, :, start:end])  # the sample alone, from offset 0
-            assert mx.allclose(rotated[b : b + 1, :, start:end], expected, atol=1e-6).item()
+def test_a_sample_far_into_a_row_has_its_unpacked_loss(smoke):
+    """Rotary positions run on across a packed row (they are not restarted per sample):
+    RoPE's scores depend only on query-key distance, which the mask keeps within a sample."""
+    _, loaded, data = smoke
+    sample = data.samples["train"][0]
+    filler = Sample([int(t) for t in np.random.default_rng(0).integers(10, 1000, 900)], 1)
+    packed, unpacked = _per_sample_losses(loaded.model, [filler, sample], [[0, 1]], 900 + len(sample.tokens))
+    assert packed[1] == pytest.approx(unpacked[1], rel=1e-5)
 
 
 def test_block_diagonal_mask_keeps_attention_inside_each_sample():

@@ -24,11 +24,9 @@ class Batch:
     targets: np.ndarray  # (B, L) next-token ids
     mask: np.ndarray  # (B, L) 1.0 where the target counts in the loss
     real_tokens: int  # input positions that hold a real token (not padding)
-    # Packed rows only (riscv_ft.data.packing), else None. Per position: which sample of the
-    # row it belongs to (1, 2, ...; 0 for padding), and its position within that sample
-    # (0..n-1, for the rotary embedding; not the flat loss positions of `loss_positions`).
+    # Packed rows only (riscv_ft.data.packing), else None: per position, which sample of the
+    # row it belongs to (1, 2, ...; 0 for padding).
     segment_ids: np.ndarray | None = None
-    rope_positions: np.ndarray | None = None
 
     @property
     def loss_tokens(self) -> int:

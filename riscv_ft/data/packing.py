@@ -3,9 +3,8 @@
 Rows are filled first-fit-decreasing: samples sorted longest first (equal lengths in an
 order drawn from (seed, epoch)), each put into the first row with room. Every row has the
 same width, so a packed run compiles one batch shape. Each token carries the number of its
-sample within the row (`segment_ids`, 0 for padding) and its position within that sample
-(`rope_positions`, restarting at 0), from which the packed forward (riscv_ft.packed_forward)
-builds a block-diagonal causal mask and the rotary embedding. Every sample is trained once
+sample within the row (`segment_ids`, 0 for padding), from which the packed forward
+(riscv_ft.packed_forward) builds a block-diagonal causal mask. Every sample is trained once
 per epoch: a short last batch is filled with empty rows (all masked), which add nothing.
 """
 
@@ -58,7 +57,6 @@ def make_packed_batch(samples: list[Sample], rows: list[list[int]], width: int, 
     targets = np.full(shape, pad_id, dtype=np.int32)
     mask = np.zeros(shape, dtype=np.float32)
     segment_ids = np.zeros(shape, dtype=np.int32)
-    rope_positions = np.zeros(shape, dtype=np.int32)
     real = 0
     for r, row in enumerate(rows):
         start = 0
@@ -72,10 +70,9 @@ def make_packed_batch(samples: list[Sample], rows: list[list[int]], width: int, 
             targets[r, start:end] = s.tokens[1:]
             mask[r, start + max(s.prompt_len - 1, 0) : end] = 1.0
             segment_ids[r, start:end] = segment
-            rope_positions[r, start:end] = np.arange(n)
             start = end
         real += start
-    return Batch(inputs, targets, mask, real, segment_ids=segment_ids, rope_positions=rope_positions)
+    return Batch(inputs, targets, mask, real, segment_ids=segment_ids)
 
 
 def packed_epoch(samples: list[Sample], rows_per_batch: int, width: int, seed: int, epoch: int = 0) -> list[list[list[int]]]:
