@@ -273,6 +273,13 @@ def _read_back(pending, alive, out) -> None:
 
 
 def _sample(sampler, logits: mx.array) -> mx.array:
+    from mlx_lm.sample_utils import greedy_sampler
+
+    if sampler is greedy_sampler:
+        # The arg max of the logits is that of the log-probabilities: skipping the
+        # normalisation saves an exp over the whole vocabulary per row, and MLX's CPU exp is
+        # slow (SmolLM2 at batch 32: 35 of 225 ms a step).
+        return mx.argmax(logits, axis=-1)
     # As mlx-lm's generate_step: the sampler sees log-probabilities.
     return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
