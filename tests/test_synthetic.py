@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from riscv_ft.data.synthetic import NUM, Sample, Step, SyntheticError, synthetic_rows, verify_samples
+from riscv_ft.data.synthetic import NUM, Sample, Step, synthetic_rows, verify_samples
+from riscv_ft.data.tasks.base import VerificationError
 from riscv_ft.rv.assembler import available_assemblers
 from riscv_ft.evaluate.scorer import score_rows
 
@@ -84,15 +85,15 @@ def test_verification_catches_a_wrong_pair():
     verify_samples([right])
     # the description (and the model) say add, the instruction subtracts
     wrong = Sample("Add a1 and a2 into a0.", "sub a0, a1, a2", [Step("add", a0, a1, a2)])
-    with pytest.raises(SyntheticError, match="sub a0, a1, a2"):
+    with pytest.raises(VerificationError, match="sub a0, a1, a2"):
         verify_samples([right, wrong])
     # a signedness slip in a template: lw described (and modelled) as zero-extending
     slip = Sample("Load a word.", "lw a0, 8(a1)", [Step("lwu", a0, a1, 0, 8)], pointers={a1})
-    with pytest.raises(SyntheticError, match="lw a0"):
+    with pytest.raises(VerificationError, match="lw a0"):
         verify_samples([slip])
-    with pytest.raises(SyntheticError, match="does not assemble"):
+    with pytest.raises(VerificationError, match="does not assemble"):
         verify_samples([Sample("Nothing.", "frobnicate a0", [])])
-    with pytest.raises(SyntheticError, match="ended with trap"):
+    with pytest.raises(VerificationError, match="ended with trap"):
         verify_samples([Sample("Call the OS.", "ecall", [])])
 
 

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 from omegaconf import OmegaConf
 
-from riscv_ft.data.tasks import CATEGORIES, TaskError, draw_tasks, task_rows, verify_tasks
+from riscv_ft.data.tasks import CATEGORIES, VerificationError, draw_tasks, task_rows, verify_tasks
 from riscv_ft.rv.assembler import available_assemblers
 
 needs_assembler = pytest.mark.skipif(not available_assemblers(), reason="no RISC-V assembler installed")
@@ -37,7 +37,7 @@ def _mnemonics(instructions: str) -> set[str]:
 @pytest.mark.parametrize("category", sorted(CATEGORIES))
 def test_each_category_yields_rows_that_verify(category):
     tasks = draw_tasks(80, seed=11, categories=[category])
-    verify_tasks(tasks, states_per_task=4, seed=3)  # raises TaskError on any wrong task
+    verify_tasks(tasks, states_per_task=4, seed=3)  # raises VerificationError on any wrong task
     assert {t.category for t in tasks} == {category}
     lengths = [len(t.lines) for t in tasks]
     assert max(lengths) <= 12 and sum(n >= 2 for n in lengths) >= 40
@@ -53,14 +53,14 @@ def test_verification_catches_wrong_answers_models_and_undeclared_temporaries():
     verify_tasks(tasks)
     branchy = next(t for t in tasks if any(line.split()[0] in ("bge", "ble") for line in t.lines if line.split()))
     flipped = [line.replace("bge ", "blt ").replace("ble ", "bgt ") for line in branchy.lines]
-    with pytest.raises(TaskError, match="request implies"):
+    with pytest.raises(VerificationError, match="request implies"):
         verify_tasks([dataclasses.replace(branchy, lines=flipped)])
-    with pytest.raises(TaskError, match="request implies|memory differs"):
+    with pytest.raises(VerificationError, match="request implies|memory differs"):
         verify_tasks([dataclasses.replace(t, model=lambda s: None) for t in tasks[:5]])
     with_temp = next(t for t in tasks if t.scratch and t.category == "load_store")
-    with pytest.raises(TaskError, match="request implies"):  # a clobbered register not declared scratch
+    with pytest.raises(VerificationError, match="request implies"):  # a clobbered register not declared scratch
         verify_tasks([dataclasses.replace(with_temp, scratch=[])])
-    with pytest.raises(TaskError, match="does not assemble"):
+    with pytest.raises(VerificationError, match="does not assemble"):
         verify_tasks([dataclasses.replace(with_temp, lines=with_temp.lines + ["max a0, a1, a2"])])
 
 

@@ -17,7 +17,7 @@ How it is checked (verify=True): every pair's instructions go through the same a
 run to its end without trapping from several random initial states (base registers of loads
 and stores pointing into the data region), and leave exactly the registers and memory that a
 small Python model of the same operations predicts. So a description that says "unsigned" over
-an `slt`, or a sign-extension mistake in a template, fails loudly (SyntheticError) instead of
+an `slt`, or a sign-extension mistake in a template, fails loudly (VerificationError) instead of
 becoming training data.
 """
 
@@ -30,36 +30,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MASK = (1 << 64) - 1
+from riscv_ft.data.tasks.base import MASK, VerificationError, s32, s64, sext
+from riscv_ft.rv.sanitize import INT_ABI
+
 MAX_WORDS = 25
 
 # Registers a generated row may use. zero/ra/sp/gp/tp are left out (a write to them is
 # pointless or would break calling conventions a learner should respect); s0 doubles as fp.
 REGS = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "t0", "t1", "t2", "t3", "t4", "t5", "t6",
         "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11"]
-_ABI = ["zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1"] + [f"a{i}" for i in range(8)] + [
-    f"s{i}" for i in range(2, 12)] + ["t3", "t4", "t5", "t6"]
-NUM = {name: i for i, name in enumerate(_ABI)}
-
-
-class SyntheticError(RuntimeError):
-    """A generated pair failed verification: a bug in a template, never a bad random draw."""
+NUM = {name: i for i, name in enumerate(INT_ABI)}
 
 
 # ------------------------------------------------------------------ semantics
 
-def _s64(v: int) -> int:
-    v &= MASK
-    return v - (1 << 64) if v >> 63 else v
-
-
-def _s32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >> 31 else v
-
-
 def _sext32(v: int) -> int:
-    return _s32(v) & MASK
+    return sext(v, 32)
 
 
 def _tdiv(a: int, b: int) -> int:
@@ -69,7 +55,7 @@ def _tdiv(a: int, b: int) -> int:
 
 
 def _div(a, b):
-    x, y = _s64(a), _s64(b)
+    x, y = s64(a), s64(b)
     if y == 0:
         return MASK
     if x == -(1 << 63) and y == -1:
@@ -78,7 +64,7 @@ def _div(a, b):
 
 
 def _rem(a, b):
-    x, y = _s64(a), _s64(b)
+    x, y = s64(a), s64(b)
     if y == 0:
         return a
     if x == -(1 << 63) and y == -1:
@@ -87,7 +73,7 @@ def _rem(a, b):
 
 
 def _divw(a, b):
-    x, y = _s32(a), _s32(b)
+    x, y = s32(a), s32(b)
     if y == 0:
         return MASK
     if x == -(1 << 31) and y == -1:
@@ -96,7 +82,7 @@ def _divw(a, b):
 
 
 def _remw(a, b):
-    x, y = _s32(a), _s32(b)
+    x, y = s32(a), s32(b)
     if y == 0:
         return _sext32(x)
     if x == -(1 << 31) and y == -1:
@@ -122,20 +108,20 @@ _R = {  # rd = f(rs1, rs2) on unsigned 64-bit values
     "xor": lambda a, b: a ^ b,
     "sll": lambda a, b: (a << (b & 63)) & MASK,
     "srl": lambda a, b: a >> (b & 63),
-    "sra": lambda a, b: (_s64(a) >> (b & 63)) & MASK,
-    "slt": lambda a, b: int(_s64(a) < _s64(b)),
+    "sra": lambda a, b: (s64(a) >> (b & 63)) & MASK,
+    "slt": lambda a, b: int(s64(a) < s64(b)),
     "sltu": lambda a, b: int(a < b),
-    "sgt": lambda a, b: int(_s64(a) > _s64(b)),
+    "sgt": lambda a, b: int(s64(a) > s64(b)),
     "sgtu": lambda a, b: int(a > b),
     "addw": lambda a, b: _sext32(a + b),
     "subw": lambda a, b: _sext32(a - b),
     "sllw": lambda a, b: _sext32((a & 0xFFFFFFFF) << (b & 31)),
     "srlw": lambda a, b: _sext32((a & 0xFFFFFFFF) >> (b & 31)),
-    "sraw": lambda a, b: _sext32(_s32(a) >> (b & 31)),
+    "sraw": lambda a, b: _sext32(s32(a) >> (b & 31)),
     "mul": lambda a, b: (a * b) & MASK,
-    "mulh": lambda a, b: ((_s64(a) * _s64(b)) >> 64) & MASK,
+    "mulh": lambda a, b: ((s64(a) * s64(b)) >> 64) & MASK,
     "mulhu": lambda a, b: (a * b) >> 64,
-    "mulhsu": lambda a, b: ((_s64(a) * b) >> 64) & MASK,
+    "mulhsu": lambda a, b: ((s64(a) * b) >> 64) & MASK,
     "mulw": lambda a, b: _sext32(a * b),
     "div": _div,
     "divu": lambda a, b: MASK if b == 0 else a // b,
@@ -151,15 +137,15 @@ _I = {  # rd = f(rs1, imm)
     "andi": lambda a, i: a & (i & MASK),
     "ori": lambda a, i: a | (i & MASK),
     "xori": lambda a, i: a ^ (i & MASK),
-    "slti": lambda a, i: int(_s64(a) < i),
+    "slti": lambda a, i: int(s64(a) < i),
     "sltiu": lambda a, i: int(a < (i & MASK)),
     "addiw": lambda a, i: _sext32(a + i),
     "slli": lambda a, i: (a << i) & MASK,
     "srli": lambda a, i: a >> i,
-    "srai": lambda a, i: (_s64(a) >> i) & MASK,
+    "srai": lambda a, i: (s64(a) >> i) & MASK,
     "slliw": lambda a, i: _sext32((a & 0xFFFFFFFF) << i),
     "srliw": lambda a, i: _sext32((a & 0xFFFFFFFF) >> i),
-    "sraiw": lambda a, i: _sext32(_s32(a) >> i),
+    "sraiw": lambda a, i: _sext32(s32(a) >> i),
 }
 _U = {  # rd = f(rs1)  (pseudo-instructions with one source)
     "mv": lambda a: a,
@@ -168,8 +154,8 @@ _U = {  # rd = f(rs1)  (pseudo-instructions with one source)
     "not": lambda a: ~a & MASK,
     "seqz": lambda a: int(a == 0),
     "snez": lambda a: int(a != 0),
-    "sltz": lambda a: int(_s64(a) < 0),
-    "sgtz": lambda a: int(_s64(a) > 0),
+    "sltz": lambda a: int(s64(a) < 0),
+    "sgtz": lambda a: int(s64(a) > 0),
     "sext.w": _sext32,
     "zext.b": lambda a: a & 0xFF,
 }
@@ -371,7 +357,7 @@ class _Generator:
         self.lengths = [n for n in (2, 2, 3) if n <= max_instructions]
 
     def reg_name(self, reg: int, xnames: bool) -> str:
-        return f"x{reg}" if xnames else _ABI[reg]
+        return f"x{reg}" if xnames else INT_ABI[reg]
 
     def step(self, op: str, written: set[int], prev_rd: int | None, pointers: set[int]) -> Step:
         rng = self.rng
@@ -439,7 +425,7 @@ class _Generator:
             description = _join(texts)
             if len(description.split()) < MAX_WORDS:
                 return Sample(description, "\n".join(asms), steps, pointers)
-        raise SyntheticError("could not draw a short enough description")  # pragma: no cover
+        raise VerificationError("could not draw a short enough description")  # pragma: no cover
 
 
 def _join(texts: list[str]) -> str:
@@ -457,7 +443,7 @@ def _join(texts: list[str]) -> str:
 # ------------------------------------------------------------------ verification
 
 def verify_samples(samples: list[Sample], assembler="auto", states_per_sample: int = 3, seed: int = 0) -> None:
-    """Assemble and run every sample; raise SyntheticError listing the ones that are wrong."""
+    """Assemble and run every sample; raise VerificationError listing the ones that are wrong."""
     from riscv_ft.rv.assembler import find_assembler
     from riscv_ft.rv.emulator import (DATA_BASE, DATA_SIZE, Emulator, InitialState, pointer,
                                             random_register_value)
@@ -490,7 +476,7 @@ def verify_samples(samples: list[Sample], assembler="auto", states_per_sample: i
                 failures.append(f"{sample.instructions!r}: ended with {end.outcome}")
             elif end.xregs() != model_x:
                 bad = next(i for i in range(32) if end.xregs()[i] != model_x[i])
-                failures.append(f"{sample.instructions!r} ({sample.description!r}): {_ABI[bad]} is "
+                failures.append(f"{sample.instructions!r} ({sample.description!r}): {INT_ABI[bad]} is "
                                 f"{end.xregs()[bad]:#x}, the description implies {model_x[bad]:#x}")
             elif got_mem != bytes(model_mem):
                 failures.append(f"{sample.instructions!r} ({sample.description!r}): memory differs from the model")
@@ -498,7 +484,7 @@ def verify_samples(samples: list[Sample], assembler="auto", states_per_sample: i
                 continue
             break
     if failures:
-        raise SyntheticError(f"{len(failures)} of {len(samples)} generated pairs failed verification, e.g.: "
+        raise VerificationError(f"{len(failures)} of {len(samples)} generated pairs failed verification, e.g.: "
                              + "; ".join(failures[:3]))
 
 
@@ -508,7 +494,7 @@ def synthetic_rows(num_rows: int, seed: int, verify: bool = True, assembler="aut
     have at most `max_instructions` (1-3) instructions.
 
     verify=True assembles and runs every pair (needs a RISC-V assembler: see
-    riscv_ft.rv.assembler.find_assembler) and raises SyntheticError if any is wrong.
+    riscv_ft.rv.assembler.find_assembler) and raises VerificationError if any is wrong.
     """
     if num_rows < 0:
         raise ValueError("num_rows must be >= 0")
@@ -533,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = synthetic_rows(args.rows, args.seed, verify=not args.no_verify, assembler=args.assembler,
                               max_instructions=args.max_instructions)
-    except (SyntheticError, RuntimeError, ValueError) as err:
+    except (VerificationError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with open(args.out, "w", encoding="utf-8") as fh:

@@ -23,7 +23,7 @@ verify=True assembles every answer with the scorer's assembler and runs it in it
 several random states (load/store bases pointing into the data region; a task may first put
 its own inputs in place: FP values, a small array index); each run must end normally and leave
 every register except the scratch ones, and all memory, as the model says. A wrong template
-raises TaskError instead of becoming training data. Output is deterministic for a seed.
+raises VerificationError instead of becoming training data. Output is deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from riscv_ft.rv.sanitize import FP_ABI, INT_ABI
-from riscv_ft.data.tasks.base import _Draw, FNUM, MASK, MAX_WORDS, State, Task, TaskError, XNUM
+from riscv_ft.data.tasks.base import _Draw, FNUM, MASK, MAX_WORDS, State, Task, VerificationError, XNUM
 from riscv_ft.data.tasks.control import _branch, _loop
 from riscv_ft.data.tasks.fp import _fp
 from riscv_ft.data.tasks.integer import _arith, _bitfield, _compare, _constant, _extend, _logic, _minmax, _move
@@ -101,7 +101,7 @@ def draw_tasks(num: int, seed: int, categories: list[str] | None = None) -> list
                     and task.description not in seen:
                 break
         else:
-            raise TaskError(f"could not draw a new {names[(start + len(tasks)) % len(names)]} task")
+            raise VerificationError(f"could not draw a new {names[(start + len(tasks)) % len(names)]} task")
         seen.add(task.description)
         tasks.append(task)
     return tasks
@@ -116,7 +116,7 @@ def _fp_differs(got: int, want: int, single: bool) -> bool:
 
 
 def verify_tasks(tasks: list[Task], assembler="auto", states_per_task: int = 3, seed: int = 0) -> None:
-    """Assemble and run every task from several states; raise TaskError listing wrong ones."""
+    """Assemble and run every task from several states; raise VerificationError listing wrong ones."""
     from riscv_ft.rv.assembler import find_assembler
     from riscv_ft.rv.emulator import (DATA_BASE, DATA_SIZE, Emulator, InitialState, pointer,
                                             random_fp_value, random_register_value)
@@ -158,14 +158,14 @@ def verify_tasks(tasks: list[Task], assembler="auto", states_per_task: int = 3, 
                 failures.append(f"[{task.category}] {task.instructions!r} ({task.description!r}): {problem}")
                 break
     if failures:
-        raise TaskError(f"{len(failures)} of {len(tasks)} generated tasks failed verification, e.g.: "
+        raise VerificationError(f"{len(failures)} of {len(tasks)} generated tasks failed verification, e.g.: "
                         + "; ".join(failures[:3]))
 
 
 def task_rows(num_rows: int, seed: int, verify: bool = True, assembler="auto",
               categories: list[str] | None = None) -> list[dict]:
     """`num_rows` {"description", "instructions", "category", "scratch"} rows, deterministic for
-    `seed`; verify=True assembles and runs each one (TaskError if any is wrong)."""
+    `seed`; verify=True assembles and runs each one (VerificationError if any is wrong)."""
     if num_rows < 0:
         raise ValueError("num_rows must be >= 0")
     tasks = draw_tasks(num_rows, seed, categories)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = task_rows(args.rows, args.seed, verify=not args.no_verify, assembler=args.assembler)
-    except (TaskError, RuntimeError, ValueError) as err:
+    except (VerificationError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with open(args.out, "w", encoding="utf-8") as fh:

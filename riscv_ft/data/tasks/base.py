@@ -25,8 +25,9 @@ XNUM["fp"] = 8
 FNUM = {name: i for i, name in enumerate(FP_ABI)}
 
 
-class TaskError(RuntimeError):
-    """A generated task failed verification: a bug in a template, never a bad random draw."""
+class VerificationError(RuntimeError):
+    """A generated row or task failed verification (riscv_ft.data.synthetic and
+    riscv_ft.data.tasks): a bug in a template, never a bad random draw."""
 
 
 # ------------------------------------------------------------------ values
