@@ -17,9 +17,10 @@ mlx-lm's own (its Attention talks to `_FixedKVCache` through mlx-lm's cache prot
   through the output head;
 - tokens are read back every CHECK_EVERY steps, and a batch stops as soon as every row has
   ended;
-- on the CPU, a one-row step multiplies each weight matrix with a vector (BLAS gemv) instead of
-  a 1-row matrix (gemm): OpenBLAS's gemm packs the whole weight for one row, about half the
-  speed (measured: 56 vs 33 ms of CPU per token for SmolLM2's 210 block matmuls).
+- greedy decoding takes the arg max of the logits without normalising them.
+
+On a Linux CPU a one-row step is bound by reading the weights: riscv_ft.runtime preloads a
+shim that sends MLX's one-row products to BLAS gemv (riscv_ft/native/gemv_shim.c says why).
 
 Architectures other than llama/mistral/qwen2 fall back to mlx-lm's batch_generate.
 """
@@ -106,12 +107,11 @@ def decode_prompts(model, prompts: list[list[int]], max_tokens: int, batch_size:
         sampler = make_sampler(temp=0.0)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int] | None] = [None] * len(prompts)
-    with _vector_matmuls(model):
-        step = _compiled_step(model)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            for i, tokens in zip(chunk, _decode_batch(model, step, [prompts[i] for i in chunk], max_tokens, sampler, stops)):
-                out[i] = tokens
+    step = _compiled_step(model)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, tokens in zip(chunk, _decode_batch(model, step, [prompts[i] for i in chunk], max_tokens, sampler, stops)):
+            out[i] = tokens
     return out  # type: ignore[return-value]
 
 
@@ -318,8 +318,8 @@ def _kv_shapes(model) -> list[tuple[int, int, int, mx.Dtype]]:
 
 
 def _base_linear(layer):
-    while isinstance(layer, (_VectorLinear,)) or "linear" in layer:  # our wrapper, LoRA/DoRA wrappers
-        layer = layer.inner if isinstance(layer, _VectorLinear) else layer.linear
+    while "linear" in layer:  # LoRA/DoRA wrappers
+        layer = layer.linear
     return layer
 
 
@@ -332,72 +332,3 @@ def _weight_dtype(layer) -> mx.Dtype:
     if isinstance(base, nn.QuantizedLinear):
         return base.scales.dtype
     return base.weight.dtype
-
-
-# ------------------------------------------------------------------ one-row matmuls on the CPU
-
-
-class _VectorLinear(nn.Module):
-    """An nn.Linear that multiplies a single row as matrix @ vector (BLAS gemv) on the CPU."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.inner = linear
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if x.size != x.shape[-1]:
-            return self.inner(x)
-        y = self.inner.weight @ x.reshape(-1)
-        if "bias" in self.inner:
-            y = y + self.inner.bias
-        return y.reshape(*x.shape[:-1], -1)
-
-
-class _VectorEmbedding(nn.Module):
-    """A tied embedding whose output head (as_linear) multiplies a single row as gemv."""
-
-    def __init__(self, embedding: nn.Embedding):
-        super().__init__()
-        self.inner = embedding
-
-    def __call__(self, x):
-        return self.inner(x)
-
-    def as_linear(self, x: mx.array) -> mx.array:
-        if x.size != x.shape[-1]:
-            return self.inner.as_linear(x)
-        return (self.inner.weight @ x.reshape(-1)).reshape(*x.shape[:-1], -1)
-
-
-class _vector_matmuls:
-    """While inside, float nn.Linear / nn.Embedding leaves (LoRA's inner linear too) are wrapped
-    in their _Vector* forms; on leaving, the model gets its own modules back. CPU only: the
-    GPU backends already pick a matrix-vector kernel for one row."""
-
-    def __init__(self, model):
-        self.model = model
-        self.saved = None
-
-    def __enter__(self):
-        from mlx.utils import tree_map
-
-        if mx.default_device() != mx.cpu:
-            return self
-        leaves = self.model.leaf_modules()
-
-        def wrap(m):
-            if type(m) is nn.Linear:
-                return _VectorLinear(m)
-            if type(m) is nn.Embedding:
-                return _VectorEmbedding(m)
-            return m
-
-        self.saved = leaves
-        self.model.update_modules(tree_map(wrap, leaves, is_leaf=lambda m: isinstance(m, nn.Module)))
-        return self
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            self.model.update_modules(self.saved)
-            self.saved = None
-        return False

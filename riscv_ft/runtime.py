@@ -8,7 +8,10 @@ and not yet preloaded, the process re-executes itself once with it in LD_PRELOAD
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,10 +60,44 @@ def blas_in_use() -> str:
     if sys.platform == "darwin":
         return "Accelerate (macOS)"
     preload = os.environ.get("LD_PRELOAD", "")
+    gemv = ", one-row products as gemv" if "libgemv_shim" in preload else ""
     for part in preload.split(":"):
         if "blas" in part.lower():
-            return f"OpenBLAS ({part}, coretype {os.environ.get('OPENBLAS_CORETYPE', 'auto')})"
+            return f"OpenBLAS ({part}, coretype {os.environ.get('OPENBLAS_CORETYPE', 'auto')}{gemv})"
     return "bundled reference BLAS (slow)"
+
+
+def cache_dir() -> Path:
+    """riscv_ft's cache: RISCV_FT_CACHE, else ~/.cache/riscv_ft (models, the BLAS shim)."""
+    return Path(os.environ.get("RISCV_FT_CACHE", Path.home() / ".cache" / "riscv_ft"))
+
+
+SHIM_SOURCE = Path(__file__).parent / "native" / "gemv_shim.c"
+
+
+def gemv_shim() -> str | None:
+    """The one-row product shim (riscv_ft/native/gemv_shim.c: why), built once per source
+    version with the system C compiler into the cache; None where it cannot be built or
+    RISCV_FT_GEMV=off. It only changes speed, so a failed build is silent."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if os.environ.get("RISCV_FT_GEMV") == "off" or compiler is None or not SHIM_SOURCE.is_file():
+        return None
+    source = SHIM_SOURCE.read_bytes()
+    target = cache_dir() / "native" / f"libgemv_shim-{hashlib.sha256(source).hexdigest()[:16]}.so"
+    if target.is_file():
+        return str(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        built = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(SHIM_SOURCE), "-ldl"],
+                               capture_output=True, timeout=120)
+        if built.returncode != 0:
+            partial.unlink(missing_ok=True)
+            return None
+        os.replace(partial, target)  # whole or absent: concurrent builders each rename their own
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return str(target)
 
 
 def use_fast_blas() -> None:
@@ -72,7 +109,8 @@ def use_fast_blas() -> None:
     if library is None or library in env.get("LD_PRELOAD", ""):
         os.environ[_MARK] = "1"
         return
-    env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD")) if p)
+    # The shim goes first: its cblas_sgemm finds OpenBLAS's (next in line) for all but one-row products.
+    env["LD_PRELOAD"] = ":".join(p for p in (gemv_shim(), library, env.get("LD_PRELOAD")) if p)
     if "OPENBLAS_CORETYPE" not in env and (coretype := openblas_coretype()):
         env["OPENBLAS_CORETYPE"] = coretype
     sys.stdout.flush()

@@ -56,10 +56,11 @@ def installed(wheel, tmp_path_factory) -> tuple[Path, dict]:
     return target / "bin", {**os.environ, "PYTHONPATH": str(target)}
 
 
-def test_the_wheel_carries_every_config_and_the_shipped_data(wheel):
+def test_the_wheel_carries_every_config_the_shipped_data_and_the_gemv_shim_source(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "riscv_ft" / "conf").rglob("*.yaml"))
     shipped += sorted(p.relative_to(REPO).as_posix() for p in (REPO / "riscv_ft" / "data").glob("*.jsonl"))
+    shipped += ["riscv_ft/native/gemv_shim.c"]  # built on the user's machine (riscv_ft.runtime.gemv_shim)
     assert "riscv_ft/conf/train.yaml" in shipped
     assert [n for n in shipped if n not in names] == []
 

@@ -15,15 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from riscv_ft.runtime import cache_dir  # one definition of the cache's place; the sources import it from here
+
 log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
     """The base model cannot be loaded. Its message is one line for the user."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RISCV_FT_CACHE", Path.home() / ".cache" / "riscv_ft"))
 
 
 def _host() -> str:
