@@ -83,7 +83,8 @@ def gemv_shim() -> str | None:
     if os.environ.get("RISCV_FT_GEMV") == "off" or compiler is None or not SHIM_SOURCE.is_file():
         return None
     source = SHIM_SOURCE.read_bytes()
-    target = cache_dir() / "native" / f"libgemv_shim-{hashlib.sha256(source).hexdigest()[:16]}.so"
+    # Named by machine too: a home folder shared by x86_64 and aarch64 hosts must not preload the other's.
+    target = cache_dir() / "native" / f"libgemv_shim-{os.uname().machine}-{hashlib.sha256(source).hexdigest()[:16]}.so"
     if target.is_file():
         return str(target)
     try:
