@@ -24,7 +24,9 @@ known numbers of Mistral-7B-Instruct-v0.3. The parts:
   pass keeps per token and layer: 13 values per hidden unit, 6 per MLP unit and 1.5 per
   attention head and key (factor = 13 + 6 x intermediate/hidden + 1.5 x heads x seq/hidden).
   With gradient checkpointing each block keeps only its input, and while a block is
-  recomputed about two blocks' worth of activations exist.
+  recomputed about two blocks' worth of activations exist; on CUDA, where MLX keeps an
+  evaluation's temporaries to its end, at least CUDA_CHECKPOINT_KEEPS of the activations the
+  step would keep without checkpointing.
 * logits: batch x seq x vocabulary, about the compute dtype's width plus 8 bytes each (the
   float32 copy, the softmax and its gradient). An upper bound: riscv_ft's loop computes them
   at answer positions only.
@@ -68,6 +70,12 @@ MISTRAL_7B = {
 # Values the backward pass keeps per token and layer, per hidden unit / MLP unit / head x key.
 KEPT_PER_HIDDEN, KEPT_PER_MLP, KEPT_PER_HEAD_KEY = 13.0, 6.0, 1.5
 CHECKPOINT_BLOCKS = 2.1  # blocks' worth of activations alive while one is recomputed
+# MLX's CUDA backend keeps an evaluation's temporaries until the evaluation ends (ml-explore/mlx
+# PR 1983), so the activations that checkpointing recomputes stay until the step ends: on an
+# H200, Mistral-7B 4-bit, checkpointed peaks were 0.87-0.88 of the same step's without
+# (benchmarks/NOTES.md section 12). There, a checkpointed step counts at least this share of
+# the activations it would keep without checkpointing. Metal frees them per command buffer.
+CUDA_CHECKPOINT_KEEPS = 0.85
 ACTIVATION_BYTES = {"float32": 4.0, "bfloat16": 3.3, "float16": 3.3}
 OVERHEAD_GB = 0.5  # Python, MLX, mlflow, tokenizer, data: 0.3 GB RSS measured before a model loads, plus room
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -124,8 +132,12 @@ def _linear_shapes(c: dict) -> dict[str, tuple[int, int]]:
     }
 
 
-def estimate_memory_gb(cfg: DictConfig) -> dict:
-    """Memory a training run of this configuration needs at its longest batch, in GB."""
+def estimate_memory_gb(cfg: DictConfig, backend: str | None = None) -> dict:
+    """Memory a training run of this configuration needs at its longest batch, in GB, on
+    `backend` ('cuda', 'metal' or 'cpu'; default: where MLX computes here)."""
+    from riscv_ft.device import backend as current_backend
+
+    backend = backend or current_backend()
     c, source = model_config(cfg.model)
     hidden, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
     heads = c["num_attention_heads"]
@@ -193,6 +205,8 @@ def estimate_memory_gb(cfg: DictConfig) -> dict:
         recompute = CHECKPOINT_BLOCKS if checkpointed == layers else 1.0
         activation_bytes = (checkpointed * tokens * hidden * dtype_bytes + (layers - checkpointed) * per_layer
                             + recompute * per_layer)
+        if backend == "cuda":
+            activation_bytes = max(activation_bytes, CUDA_CHECKPOINT_KEEPS * layers * per_layer)
     else:
         activation_bytes = layers * per_layer
     chunk = trainer.get("loss_chunk", 0)
