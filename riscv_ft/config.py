@@ -130,8 +130,8 @@ class DataConfig:
     # meant "auto" still resume: null is read as 0.
     min_width: Optional[int] = 0
     # Sequence packing: each of trainer.batch_size rows is max_seq_length positions filled
-    # with several samples (first-fit-decreasing), each attending only to itself with its
-    # positions restarting at 0, so its loss is its unpacked loss. More samples per step
+    # with several samples (first-fit-decreasing), each attending only to itself, so its loss
+    # is its unpacked loss (RoPE is relative: positions run on). More samples per step
     # (logged as samples_per_step); validation stays unpacked. llama/mistral models only.
     pack: bool = False
     # Extra training rows (riscv_ft/data/mixing.py), added to the training split only, so the

@@ -273,12 +273,16 @@ def _read_back(pending, alive, out) -> None:
 
 
 def _sample(sampler, logits: mx.array) -> mx.array:
-    from mlx_lm.sample_utils import greedy_sampler
+    from mlx_lm import sample_utils
 
-    if sampler is greedy_sampler:
+    # mlx-lm names its greedy sampler from 0.32 on (before, make_sampler(temp=0) made a lambda:
+    # then this path is not taken).
+    if sampler is getattr(sample_utils, "greedy_sampler", None):
         # The arg max of the logits is that of the log-probabilities: skipping the
         # normalisation saves an exp over the whole vocabulary per row, and MLX's CPU exp is
-        # slow (SmolLM2 at batch 32: 35 of 225 ms a step).
+        # slow (SmolLM2 at batch 32: 35 of 225 ms a step). In float32 the two agree; in half
+        # precision the subtraction can round two near logits into a tie, which the arg max
+        # then breaks by index where mlx-lm's would not.
         return mx.argmax(logits, axis=-1)
     # As mlx-lm's generate_step: the sampler sees log-probabilities.
     return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))

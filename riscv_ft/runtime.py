@@ -8,8 +8,10 @@ and not yet preloaded, the process re-executes itself once with it in LD_PRELOAD
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -62,7 +64,7 @@ def blas_in_use() -> str:
     preload = os.environ.get("LD_PRELOAD", "")
     gemv = ", one-row products as gemv" if "libgemv_shim" in preload else ""
     for part in preload.split(":"):
-        if "blas" in part.lower():
+        if "blas" in Path(part).name.lower() and "libgemv_shim" not in part:
             return f"OpenBLAS ({part}, coretype {os.environ.get('OPENBLAS_CORETYPE', 'auto')}{gemv})"
     return "bundled reference BLAS (slow)"
 
@@ -77,28 +79,51 @@ SHIM_SOURCE = Path(__file__).parent / "native" / "gemv_shim.c"
 
 def gemv_shim() -> str | None:
     """The one-row product shim (riscv_ft/native/gemv_shim.c: why), built once per source
-    version with the system C compiler into the cache; None where it cannot be built or
-    RISCV_FT_GEMV=off. It only changes speed, so a failed build is silent."""
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if os.environ.get("RISCV_FT_GEMV") == "off" or compiler is None or not SHIM_SOURCE.is_file():
+    version, machine and C library with the system C compiler into the cache; None where it
+    cannot be built or loaded, or RISCV_FT_GEMV=off. It only changes speed, so every failure
+    is silent, and a failed build is not tried again for the same source."""
+    if os.environ.get("RISCV_FT_GEMV") == "off":
         return None
-    source = SHIM_SOURCE.read_bytes()
-    # Named by machine too: a home folder shared by x86_64 and aarch64 hosts must not preload the other's.
-    target = cache_dir() / "native" / f"libgemv_shim-{os.uname().machine}-{hashlib.sha256(source).hexdigest()[:16]}.so"
-    if target.is_file():
-        return str(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}")
-        built = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(SHIM_SOURCE), "-ldl"],
-                               capture_output=True, timeout=120)
-        if built.returncode != 0:
-            partial.unlink(missing_ok=True)
+        compiler = shutil.which(os.environ.get("CC", "cc"))
+        if compiler is None or not SHIM_SOURCE.is_file():
             return None
-        os.replace(partial, target)  # whole or absent: concurrent builders each rename their own
-    except (OSError, subprocess.SubprocessError):
+        source = SHIM_SOURCE.read_bytes()
+        # Named by machine and C library too: a home folder shared by hosts of another
+        # architecture or an older glibc must not preload a library they cannot load.
+        libc = "-".join(platform.libc_ver()) or "libc"
+        name = f"libgemv_shim-{os.uname().machine}-{libc}-{hashlib.sha256(source).hexdigest()[:16]}.so"
+        target = cache_dir() / "native" / name
+        failed = target.with_name(f"{name}.failed")
+        if not target.is_file() and not failed.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{name}.{os.getpid()}")
+            try:
+                built = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(SHIM_SOURCE), "-ldl"],
+                                       capture_output=True, timeout=60)
+                if built.returncode == 0:
+                    os.replace(partial, target)  # whole or absent: concurrent builders each rename their own
+                else:
+                    failed.write_bytes(built.stderr[-2000:])
+            except subprocess.TimeoutExpired:
+                failed.write_text("the compiler took more than 60 s\n")
+            finally:
+                partial.unlink(missing_ok=True)
+        if not target.is_file():
+            return None
+        ctypes.CDLL(str(target))  # loads here (right machine, C library): safe to preload
+        return str(target)
+    except (OSError, RuntimeError, subprocess.SubprocessError):  # RuntimeError: Path.home() without a home
         return None
-    return str(target)
+
+
+def _has_cblas(library: str) -> bool:
+    """Whether `library` loads and has both functions the shim hands calls to."""
+    try:
+        blas = ctypes.CDLL(library)
+        return bool(getattr(blas, "cblas_sgemm", None)) and bool(getattr(blas, "cblas_sgemv", None))
+    except (OSError, AttributeError):
+        return False
 
 
 def use_fast_blas() -> None:
@@ -110,8 +135,10 @@ def use_fast_blas() -> None:
     if library is None or library in env.get("LD_PRELOAD", ""):
         os.environ[_MARK] = "1"
         return
-    # The shim goes first: its cblas_sgemm finds OpenBLAS's (next in line) for all but one-row products.
-    env["LD_PRELOAD"] = ":".join(p for p in (gemv_shim(), library, env.get("LD_PRELOAD")) if p)
+    # The shim goes first: its cblas_sgemm finds OpenBLAS's (next in line) for all but one-row
+    # products. Only over a BLAS that loads and has both functions: else the shim has nothing to call.
+    shim = gemv_shim() if _has_cblas(library) else None
+    env["LD_PRELOAD"] = ":".join(p for p in (shim, library, env.get("LD_PRELOAD")) if p)
     if "OPENBLAS_CORETYPE" not in env and (coretype := openblas_coretype()):
         env["OPENBLAS_CORETYPE"] = coretype
     sys.stdout.flush()
