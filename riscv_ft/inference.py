@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm import sample_utils
 
 from riscv_ft.data.pipeline import prompt_text
 
+# mlx-lm names its greedy sampler from 0.32 on (before, make_sampler(temp=0) made a lambda: then
+# _sample's greedy path is not taken). Looked up once, not at every decoding step.
+GREEDY_SAMPLER = getattr(sample_utils, "greedy_sampler", None)
 KV_BUCKET = 32  # the fixed-size KV cache grows by this many positions: one compiled step per size
 CHECK_EVERY = 8  # read the generated tokens back (and stop if every row ended) every this many steps
 PREFILL_GROUP = 8  # prompts prefilled together (sorted by length: little padding)
@@ -273,11 +277,7 @@ def _read_back(pending, alive, out) -> None:
 
 
 def _sample(sampler, logits: mx.array) -> mx.array:
-    from mlx_lm import sample_utils
-
-    # mlx-lm names its greedy sampler from 0.32 on (before, make_sampler(temp=0) made a lambda:
-    # then this path is not taken).
-    if sampler is getattr(sample_utils, "greedy_sampler", None):
+    if sampler is GREEDY_SAMPLER:
         # The arg max of the logits is that of the log-probabilities: skipping the
         # normalisation saves an exp over the whole vocabulary per row, and MLX's CPU exp is
         # slow (SmolLM2 at batch 32: 35 of 225 ms a step). In float32 the two agree; in half
