@@ -46,7 +46,8 @@ from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_p
 from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
 from riscv_ft.runtime import INSTALL_HINT, blas_in_use
-from riscv_ft.trainer import Interrupted, Trainer, TrainState
+from riscv_ft.trainer import (FAIL_IN_EVAL_ENV, SIMULATED_OOM, EvaluationOutOfMemory, Interrupted, Trainer, TrainState,
+                              is_out_of_memory)
 from riscv_ft.tracking.run import environment_tags, tracked_run
 from riscv_ft.tracking.store import PARENT_ENV, check_reachable, flatten
 
@@ -104,7 +105,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
     check_batch_size(data.samples["train"], cfg.trainer.batch_size)
 
     # The base's answers to the same rows, before any adapter exists: exact for LoRA, DoRA and full.
-    baseline = (evaluate_sets(model, tokenizer, evaluation_sets(data.splits, cfg), cfg, "base")
+    baseline = (evaluate_sets(model, tokenizer, evaluation_sets(data.splits, cfg), cfg, "base", run_dir)
                 if main_process and cfg.eval.enabled and cfg.eval.baseline else {})
     seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
     lora_meta = apply_adapters(model, cfg.lora)
@@ -205,6 +206,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
         metrics["processes"] = distributed.world_size()
         if not main_process:
             return metrics
+        # What training left in MLX's buffer cache goes back first: generation needs other shapes, and
+        # on a GPU shared by several runs (a sweep side by side) cached buffers starve the others.
+        mx.clear_cache()
         scored, summary = evaluate_run(model, tokenizer, data.splits, cfg, baseline, run_dir)
         if summary:
             metrics.update(evaluation_metrics(summary))
@@ -262,8 +266,33 @@ def evaluation_sets(splits: dict, cfg: DictConfig) -> dict[str, tuple[list[dict]
     return sets
 
 
-def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str) -> dict[str, tuple[list[dict], dict | None]]:
-    """Each set answered (batched, greedy) and, with eval.enabled, scored: name -> (rows, summary)."""
+def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str,
+                  run_dir: Path | None = None) -> dict[str, tuple[list[dict], dict | None]]:
+    """Each set answered (batched, greedy) and, with eval.enabled, scored: name -> (rows, summary).
+    MLX running out of memory here ends the run with EvaluationOutOfMemory, whose one line says
+    what to lower for evaluation and that `resume=` answers again without training again."""
+    try:
+        if os.environ.get(FAIL_IN_EVAL_ENV) == who:
+            raise RuntimeError(SIMULATED_OOM)
+        return _evaluate_sets(model, tokenizer, sets, cfg, who)
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        first = str(err).splitlines()[0][:160]
+        if who == "base":
+            where = "before training, nothing trained yet; eval.baseline=false skips the base model's answers"
+        else:
+            where = (f"training is complete and its last checkpoint is kept: python -m riscv_ft.train resume={run_dir} "
+                     "answers again without training again")
+        lower = f"eval.max_tokens={max(cfg.eval.max_tokens // 2, 1)}"
+        if cfg.eval.decode == "verify" and who == "tuned":
+            lower = f"eval.samples={max(cfg.eval.samples // 2, 1)}, {lower}"
+        raise EvaluationOutOfMemory(
+            f"out of memory while the {who} model answered the evaluation prompts ({first}); {where}; "
+            f"other processes on the same accelerator hold memory too; or lower {lower}") from err
+
+
+def _evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str) -> dict[str, tuple[list[dict], dict | None]]:
     out = {}
     # The base model's answers depend only on it and the rows: cached, so a sweep answers them once.
     identity = model_identity(cfg.model) if who == "base" and cfg.eval.cache_base_answers else None
@@ -297,7 +326,7 @@ def evaluate_run(model, tokenizer, splits: dict, cfg: DictConfig, baseline: dict
     with `user_prompts`, `baseline` and `baseline_user_prompts` blocks beside them. The scored
     rows of every set are written to run_dir (FILES) when given.
     """
-    tuned = evaluate_sets(model, tokenizer, evaluation_sets(splits, cfg), cfg, "tuned")
+    tuned = evaluate_sets(model, tokenizer, evaluation_sets(splits, cfg), cfg, "tuned", run_dir)
     baseline = baseline or {}
     if "split" not in tuned:
         return [], None

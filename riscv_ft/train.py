@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from riscv_ft import distributed  # noqa: E402
 from riscv_ft.cli import CONF_DIR, USER_ERRORS, fail, preflight  # noqa: E402
 from riscv_ft.config import ConfigError, TrainConfig, validate  # noqa: E402
-from riscv_ft.trainer import OutOfMemory, TrainingDiverged, is_out_of_memory  # noqa: E402
+from riscv_ft.trainer import EvaluationOutOfMemory, OutOfMemory, TrainingDiverged, is_out_of_memory  # noqa: E402
 
 log = logging.getLogger("riscv_ft")
 
@@ -66,7 +66,7 @@ def _explain(err: Exception, cfg: DictConfig, run_dir: Path) -> tuple[str, int]:
 
     if isinstance(err, USER_ERRORS):
         return str(err), 2
-    if isinstance(err, TrainingDiverged):
+    if isinstance(err, (TrainingDiverged, EvaluationOutOfMemory)):  # each says what to do next
         return str(err), 1
     if isinstance(err, OutOfMemory):  # the trainer saved the last complete step
         resume = f" (resume={run_dir})" if err.saved_step else ""

@@ -224,9 +224,16 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and ("alloc" in text or "out of memory" in text))
 
 
+class EvaluationOutOfMemory(RuntimeError):
+    """MLX ran out of memory while a model answered evaluation prompts: the message says which
+    model, what is kept and what to lower (evaluation settings, not the training step's)."""
+
+
 # Tests only: raise MLX's own out-of-memory message when this optimizer step is queued.
 FAIL_AT_STEP_ENV = "RISCV_FT_TEST_OOM_AT_STEP"
-_METAL_OOM = ("[metal::malloc] Attempting to allocate 17179869184 bytes which is greater than the maximum allowed "
+# Tests only: raise it when the named model ("base" or "tuned") starts answering evaluation prompts.
+FAIL_IN_EVAL_ENV = "RISCV_FT_TEST_OOM_IN_EVAL"
+SIMULATED_OOM = ("[metal::malloc] Attempting to allocate 17179869184 bytes which is greater than the maximum allowed "
               "buffer size of 12884901888 bytes.")
 
 
@@ -394,7 +401,7 @@ class Trainer:
         on_save saves it (resumable), and OutOfMemory is raised."""
         try:
             if os.environ.get(FAIL_AT_STEP_ENV) == str(step):
-                raise RuntimeError(_METAL_OOM)
+                raise RuntimeError(SIMULATED_OOM)
             totals = self._queue_step(micro, step)
             window.add(totals)
             weights, moments = self.model.trainable_parameters(), self.optimizer.state

@@ -337,6 +337,45 @@ def test_out_of_memory_in_a_step_saves_a_resumable_checkpoint_and_ends_with_advi
     assert "Resuming" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.parametrize("who", ["tuned", "base"])
+def test_out_of_memory_while_answering_says_so_and_resume_answers_without_training_again(tmp_path, who):
+    """MLX's out-of-memory message raised when a model starts answering the evaluation prompts
+    (the test hook). Seen on the H200 with two runs evaluating side by side: the run ended with
+    the training step's advice (trainer.batch_size, lora.rank), which cannot help there. Now one
+    line names the evaluation, what to lower for it, and for the tuned model that `resume=`
+    answers again from the last checkpoint, which it does without training a step."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from riscv_ft.trainer import FAIL_IN_EVAL_ENV
+
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "riscv_ft.train", "experiment=smoke", "trainer.iters=4", "trainer.eval_every=0",
+            "eval.num_rows=2", "eval.user_prompts=2", "eval.baseline=true", "eval.cache_base_answers=false", "eval.decode=verify", "eval.samples=2", "eval.max_tokens=8",
+            "tracking.enabled=false", f"hydra.run.dir={run_dir}"]
+    failed = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, FAIL_IN_EVAL_ENV: who})
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-2000:]
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: out of memory while the {who} model answered the evaluation prompts"), line
+    assert "trainer.batch_size" not in line and "lora.rank" not in line and "eval.max_tokens=4" in line
+    assert not (run_dir / "metrics.json").exists()
+    if who == "base":
+        assert "eval.baseline=false" in line and not (run_dir / "checkpoints").exists()
+        return
+    assert f"resume={run_dir}" in line and "eval.samples=1" in line
+    assert [p.name for p in (run_dir / "checkpoints").glob("step-*")] == ["step-000004"]
+    resumed = subprocess.run([sys.executable, "-m", "riscv_ft.train", f"resume={run_dir}"], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and "eval_verified_functional_rate" in metrics
+    log = (run_dir / "train.log").read_text()
+    assert "Resuming" in log and "step 1/4" not in log.split("Resuming", 1)[1]
+
+
 def test_full_fine_tuning_keeps_no_second_copy_of_the_weights_across_steps():
     """fit()'s peak for full fine-tuning (float32 tiny model) against the estimate: the copy of
     the last complete step kept for out-of-memory recovery is for LoRA only. Measured here
