@@ -402,7 +402,8 @@ class GrpoTrainer(Trainer):
                     on_save(step)
                 if stop[0]:
                     raise Interrupted(f"{stop[0]} at step {step}", step)
-        return {"train_loss": last.get("train_loss", math.nan), "val_loss": val_loss, "best_val_loss": self.state.best_val_loss,
+        return {"train_loss": last.get("train_loss", math.nan), "val_loss": val_loss,
+                "best_val_loss": None,  # GRPO keeps its last adapters: no best by validation loss (not Infinity in JSON)
                 "reward_mean": last.get("reward_mean", math.nan), "functional_fraction": last.get("functional_fraction", math.nan),
                 "peak_memory_gb": mx.get_peak_memory() / 1e9, "steps": self.state.step}
 

@@ -205,6 +205,11 @@ def test_grpo_from_sft_adapters_stopped_with_ctrl_c_resumes_exactly(tmp_path, sm
     assert {"reward_mean", "functional_fraction", "kl", "answer_length", "train_loss", "informative_groups"} <= set(history[0])
     assert history[0]["kl"] > 0
 
+    def refuse(constant):  # strict JSON: GRPO has no best validation loss, and Infinity is no JSON
+        raise AssertionError(f"metrics.json holds {constant}")
+
+    assert json.loads((left_alone / "metrics.json").read_text(), parse_constant=refuse)["best_val_loss"] is None
+
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, "-m", "riscv_ft.train", *run, f"hydra.run.dir={stopped}"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
