@@ -12,7 +12,8 @@
 # sends them to a store once the folders are back; `python benchmarks/smollm2_table.py RUNS`
 # prints the table. Each run ends with the whole test split and the user-style prompts scored by
 # a real assembler and emulator (when the machine has none, exact match only). EXPERIMENT names
-# the MLflow experiment (smollm2-sweep).
+# the MLflow experiment (smollm2-sweep). MODEL_GROUP names the model config (smollm2; for
+# Qwen2.5-Coder, MODEL_GROUP=qwen_coder_05b with its converted folder as MODEL).
 set -uo pipefail
 MODEL=${1:?MODEL}; GRID=${2:?GRID}; RUNS=${3:?RUNS}; PARALLEL=${4:-4}
 DATA=${RISCV_FT_SNAPSHOT:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/riscv-instruction-specification}
@@ -23,10 +24,10 @@ mkdir -p "$RUNS"
 run_one() {  # NAME OVERRIDES...
   local name=$1; shift
   local start=$SECONDS
-  python -m riscv_ft.train model=smollm2 "model.source=$SOURCE" "model.path=$MODEL" "data.path=$DATA" \
+  python -m riscv_ft.train "model=${MODEL_GROUP:-smollm2}" "model.source=$SOURCE" "model.path=$MODEL" "data.path=$DATA" \
     tracking.offline=true "tracking.experiment_name=${EXPERIMENT:-smollm2-sweep}" "run_name=$name" \
     eval.num_rows=-1 "hydra.run.dir=$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1
   echo "$name: exit $? after $((SECONDS - start)) s"
 }
-export -f run_one; export MODEL SOURCE DATA RUNS
+export -f run_one; export MODEL SOURCE DATA RUNS MODEL_GROUP
 grep -v '^\s*\(#\|$\)' "$GRID" | xargs -P "$PARALLEL" -L 1 bash -c 'run_one "$@"' _
