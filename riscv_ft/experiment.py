@@ -202,6 +202,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
                 log.warning("Stopped (%s); checkpoint saved. Resume with:\n  python -m riscv_ft.train resume=%s", stop, run_dir)
             raise
         metrics["initial_val_loss"] = next((h["val_loss"] for h in history if "val_loss" in h), None)
+        # A resumed run's process saw only its own steps (none, when it only evaluates): the history
+        # holds the earlier processes' peaks too.
+        metrics["peak_memory_gb"] = max([metrics.get("peak_memory_gb") or 0.0,
+                                         *(h["peak_memory_gb"] for h in history if h.get("peak_memory_gb") is not None)])
 
         metrics["processes"] = distributed.world_size()
         if not main_process:

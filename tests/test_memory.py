@@ -372,6 +372,8 @@ def test_out_of_memory_while_answering_says_so_and_resume_answers_without_traini
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 4 and "eval_verified_functional_rate" in metrics
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert metrics["peak_memory_gb"] == max(h["peak_memory_gb"] for h in history if "peak_memory_gb" in h)
     log = (run_dir / "train.log").read_text()
     assert "Resuming" in log and "step 1/4" not in log.split("Resuming", 1)[1]
 
