@@ -275,8 +275,12 @@ class GrpoConfig:
     max_tokens: int = 64
     # PPO's clip of the per-token ratio of the current to the sampling policy: [1-e, 1+e].
     clip_epsilon: float = 0.2
-    # Weight of the KL penalty (k3 estimator) to the reference policy = the base without adapters.
+    # Weight of the KL penalty (k3 estimator) to the reference policy.
     beta: float = 0.04
+    # The reference policy: base (the model with its adapters off: no copy of anything) or init
+    # (the adapters GRPO started from, grpo.init_adapters; one copy of the trainable weights). From
+    # SFT adapters, base sits far away (KL about 2 per token measured, NOTES 14) and pulls back.
+    kl_reference: str = "base"
     # Optimizer steps on each sampled batch (1: the ratio is 1 and the clip never acts).
     updates_per_batch: int = 1
     # Reward of an answer: functional (same end state as the reference in the emulator), else
@@ -375,6 +379,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("grpo.max_tokens", lambda v: v >= 1, "an integer >= 1"),
     ("grpo.clip_epsilon", lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
     ("grpo.beta", lambda v: 0.0 <= v and math.isfinite(v), "a number >= 0 (0: no KL penalty)"),
+    ("grpo.kl_reference", lambda v: v in ("base", "init"), "base (adapters off) or init (the adapters GRPO starts from)"),
     ("grpo.updates_per_batch", lambda v: v >= 1, "an integer >= 1"),
     ("grpo.reward_functional", math.isfinite, "a finite number"),
     ("grpo.reward_assembles", math.isfinite, "a finite number"),

@@ -16,7 +16,8 @@ summed over every answer token of the global batch and divided once by their cou
 loss: ranks and micro-batches add up exactly). Log-probabilities are those of the sampling
 distribution (logits / temperature). The reference policy `ref` is the same model with its
 LoRA/DoRA layers swapped for their base linear layers (`adapters_off`): no second copy of
-the base.
+the base; or, with grpo.kl_reference=init, the trainable weights GRPO started from, swapped in
+for the reference pass.
 
 The loop reuses the SFT Trainer's optimizer, learning-rate schedule, AdamW update, non-finite
 guard, validation loss, checkpoints (through riscv_ft.experiment) and Ctrl-C handling. Every
@@ -39,7 +40,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.nn.utils import average_gradients
-from mlx.utils import tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from omegaconf import DictConfig
 
 from riscv_ft import distributed
@@ -244,7 +245,23 @@ class GrpoTrainer(Trainer):
         per_rank, world = cfg.grpo.prompts_per_step // distributed.world_size(), distributed.world_size()
         if per_rank * world != cfg.grpo.prompts_per_step:
             raise ConfigError(f"grpo.prompts_per_step={cfg.grpo.prompts_per_step} must divide by the number of processes ({world})")
+        # kl_reference=init: the starting weights, kept as they are (MLX updates make new arrays).
+        self._reference = (dict(tree_flatten(model.trainable_parameters())) if cfg.grpo.kl_reference == "init" else None)
         self._build_grpo_steps()
+
+    @contextmanager
+    def _reference_policy(self):
+        """The KL term's reference policy, for as long as the block runs (graphs built in it keep it)."""
+        if self._reference is None:
+            with adapters_off(self.model):
+                yield
+            return
+        current = self.model.trainable_parameters()
+        self.model.update(tree_unflatten(list(self._reference.items())))
+        try:
+            yield
+        finally:
+            self.model.update(current)
 
     def _build_grpo_steps(self) -> None:
         model, optimizer, cfg, bad_step, g = self.model, self.optimizer, self.cfg, self.bad_step, self.grpo
@@ -350,7 +367,7 @@ class GrpoTrainer(Trainer):
         """The updates of one sampled batch (grpo.updates_per_batch of them)."""
         batches = self._micro_batches(rows, prompt_ids)
         if self.grpo.beta > 0:
-            with adapters_off(self.model):
+            with self._reference_policy():
                 for batch in batches:
                     batch["ref_logp"] = mx.stop_gradient(self._logprobs(batch))
         if self.grpo.updates_per_batch > 1:  # later updates need the sampling policy's own values

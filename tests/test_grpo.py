@@ -136,6 +136,7 @@ def test_prompts_are_assembly_rows_and_synthetic_tasks_never_evaluation_rows():
     (["trainer.objective=ppo"], "trainer.objective='ppo' is not allowed: expected sft or grpo"),
     (["trainer.objective=grpo", "grpo.group_size=1"], "grpo.group_size=1 is not allowed"),
     (["trainer.objective=grpo", "grpo.clip_epsilon=1.5"], "grpo.clip_epsilon=1.5 is not allowed"),
+    (["trainer.objective=grpo", "grpo.kl_reference=sft"], "grpo.kl_reference='sft' is not allowed: expected base"),
     (["trainer.objective=grpo", "lora.fine_tune_type=full"], "trainer.objective=grpo needs adapters"),
 ])
 def test_bad_grpo_settings_fail_in_one_line(overrides, message):
@@ -229,6 +230,35 @@ def test_grpo_from_sft_adapters_stopped_with_ctrl_c_resumes_exactly(tmp_path, sm
     assert largest == 0.0
     # The samples file holds each sampled step once, as the run left alone wrote it.
     assert (stopped / "grpo_samples.jsonl").read_text() == (left_alone / "grpo_samples.jsonl").read_text()
+
+
+def test_kl_reference_init_measures_kl_from_the_adapters_grpo_started_from(smoke_run):
+    """grpo.kl_reference=init: before the first update the policy is its reference, so the first
+    step's KL is zero (with the base as reference it is not: the SFT adapters moved the model);
+    once the toy reward (as above) has moved the policy it is above zero, so the reference is not
+    simply the current weights."""
+    from riscv_ft.grpo import load_init_adapters
+
+    kl = {}
+    for reference in ("base", "init"):
+        cfg = compose(["experiment=smoke", "trainer.iters=3", "trainer.learning_rate=2e-2", "trainer.warmup_steps=0",
+                       "trainer.report_every=1", "trainer.eval_every=0", "trainer.save_every=0", "trainer.batch_size=16",
+                       "grpo.group_size=8", "grpo.prompts_per_step=2", "grpo.max_tokens=6", "grpo.beta=0.5",
+                       f"grpo.kl_reference={reference}", "lora.rank=8"])
+        loaded = load_base(cfg.model)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        good = np.array(model.lm_head.weight) @ np.random.default_rng(0).standard_normal(model.lm_head.weight.shape[1]) > 0
+        mx.random.seed(0)
+        load_init_adapters(model, str(smoke_run / "adapters"), apply_adapters(model, cfg.lora))
+        prompts = [{"description": f"Task {i}", "reference": "nop"} for i in range(4)]
+        trainer = GrpoTrainer(model, tokenizer, cfg, prompts,
+                              reward_fn=lambda rows: [{"reward": float(good[r["answer_tokens"]].mean())} for r in rows])
+        history = []
+        trainer.fit([], [], lambda step, m: history.append(m["kl"]), lambda step: None)
+        kl[reference] = history
+    print(f"KL per step, reference base: {kl['base']}, reference init: {kl['init']}")
+    assert kl["base"][0] > 1e-3
+    assert kl["init"][0] < 1e-6 < kl["init"][-1]
 
 
 def test_init_adapters_that_do_not_fit_fail_in_one_line(tiny, tmp_path):
