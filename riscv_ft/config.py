@@ -417,10 +417,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("lora.fine_tune_type=full cannot train a quantized base (model.quantize.enabled=true): "
                           "set model.quantize.enabled=false, or train adapters on it with lora.fine_tune_type=lora (QLoRA)")
     if cfg.trainer.objective == "grpo":
-        # GRPO's reference policy is the base with the adapters switched off: there must be adapters.
+        # GRPO's reference policy is the base with the adapters switched off, or the adapters it started
+        # from: either way it trains adapters over a base that stays.
         if cfg.lora.fine_tune_type == "full":
             raise ConfigError("trainer.objective=grpo needs adapters (lora.fine_tune_type=lora or dora): its KL reference "
-                              "is the base with the adapters off, and full fine-tuning has no base left")
+                              "is the base with the adapters off or with the adapters it started from, and full "
+                              "fine-tuning has no base left")
+        if cfg.grpo.kl_reference == "init" and not cfg.grpo.init_adapters:
+            raise ConfigError("grpo.kl_reference=init needs grpo.init_adapters (an SFT run's RUN/adapters): without "
+                              "them GRPO starts from adapters that change nothing, which is kl_reference=base")
         if cfg.trainer.fuse_lora:
             raise ConfigError("trainer.objective=grpo does not support trainer.fuse_lora=true: set trainer.fuse_lora=false")
 

@@ -105,7 +105,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
     check_batch_size(data.samples["train"], cfg.trainer.batch_size)
 
     # The base's answers to the same rows, before any adapter exists: exact for LoRA, DoRA and full.
-    baseline = (evaluate_sets(model, tokenizer, evaluation_sets(data.splits, cfg), cfg, "base", run_dir)
+    baseline = (evaluate_sets(model, tokenizer, evaluation_sets(data.splits, cfg), cfg, "base", run_dir, resumed=resume)
                 if main_process and cfg.eval.enabled and cfg.eval.baseline else {})
     seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
     lora_meta = apply_adapters(model, cfg.lora)
@@ -202,6 +202,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
                 log.warning("Stopped (%s); checkpoint saved. Resume with:\n  python -m riscv_ft.train resume=%s", stop, run_dir)
             raise
         metrics["initial_val_loss"] = next((h["val_loss"] for h in history if "val_loss" in h), None)
+        if checkpoint is not None and metrics["steps"] == checkpoint.step:
+            # Nothing trained in this process (a run resumed to answer again): the losses and rewards are the
+            # history's last; this process measured no speed.
+            for key in ("train_loss", "val_loss", "reward_mean", "functional_fraction"):
+                if key in metrics:
+                    metrics[key] = next((h[key] for h in reversed(history) if h.get(key) is not None), None)
+            for key in ("tokens_per_s", "all_tokens_per_s", "padding_share", "samples_seen"):
+                if key in metrics:
+                    metrics[key] = None
         # A resumed run's process saw only its own steps (none, when it only evaluates): the history
         # holds the earlier processes' peaks too.
         metrics["peak_memory_gb"] = max([metrics.get("peak_memory_gb") or 0.0,
@@ -270,30 +279,34 @@ def evaluation_sets(splits: dict, cfg: DictConfig) -> dict[str, tuple[list[dict]
     return sets
 
 
-def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str,
-                  run_dir: Path | None = None) -> dict[str, tuple[list[dict], dict | None]]:
+def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str, run_dir: Path | None = None,
+                  resumed: bool = False) -> dict[str, tuple[list[dict], dict | None]]:
     """Each set answered (batched, greedy) and, with eval.enabled, scored: name -> (rows, summary).
     MLX running out of memory here ends the run with EvaluationOutOfMemory, whose one line says
-    what to lower for evaluation and that `resume=` answers again without training again."""
+    what is kept, whether `resume=` answers again without training, and what to lower."""
     try:
         if os.environ.get(FAIL_IN_EVAL_ENV) == who:
             raise RuntimeError(SIMULATED_OOM)
         return _evaluate_sets(model, tokenizer, sets, cfg, who)
-    except RuntimeError as err:
+    except (RuntimeError, MemoryError) as err:
         if not is_out_of_memory(err):
             raise
-        first = str(err).splitlines()[0][:160]
-        if who == "base":
-            where = "before training, nothing trained yet; eval.baseline=false skips the base model's answers"
-        else:
-            where = (f"training is complete and its last checkpoint is kept: python -m riscv_ft.train resume={run_dir} "
-                     "answers again without training again")
-        lower = f"eval.max_tokens={max(cfg.eval.max_tokens // 2, 1)}"
-        if cfg.eval.decode == "verify" and who == "tuned":
-            lower = f"eval.samples={max(cfg.eval.samples // 2, 1)}, {lower}"
-        raise EvaluationOutOfMemory(
-            f"out of memory while the {who} model answered the evaluation prompts ({first}); {where}; "
-            f"other processes on the same accelerator hold memory too; or lower {lower}") from err
+        raise EvaluationOutOfMemory(_evaluation_oom_line(err, cfg, who, run_dir, resumed)) from err
+
+
+def _evaluation_oom_line(err: BaseException, cfg: DictConfig, who: str, run_dir: Path | None, resumed: bool) -> str:
+    first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+    if who == "base" and not resumed:
+        where = "before training, nothing trained yet; eval.baseline=false skips the base model's answers"
+    else:  # a resumed run answers with the base again before its checkpoint loads
+        where = (f"the last checkpoint is kept: python -m riscv_ft.train resume={run_dir} answers again"
+                 + (" without training again" if who == "tuned" else ""))
+    # resume= keeps the saved config, so these are for a new run
+    lower = [f"eval.max_tokens={cfg.eval.max_tokens // 2}"] if cfg.eval.max_tokens > 1 else []
+    if cfg.eval.decode == "verify" and who == "tuned" and cfg.eval.samples > 1:
+        lower.insert(0, f"eval.samples={cfg.eval.samples // 2}")
+    return (f"out of memory while the {who} model answered the evaluation prompts ({first}); {where}; other processes "
+            f"on the same accelerator hold memory too" + (f"; a new run can lower {', '.join(lower)}" if lower else ""))
 
 
 def _evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str) -> dict[str, tuple[list[dict], dict | None]]:

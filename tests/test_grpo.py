@@ -137,6 +137,7 @@ def test_prompts_are_assembly_rows_and_synthetic_tasks_never_evaluation_rows():
     (["trainer.objective=grpo", "grpo.group_size=1"], "grpo.group_size=1 is not allowed"),
     (["trainer.objective=grpo", "grpo.clip_epsilon=1.5"], "grpo.clip_epsilon=1.5 is not allowed"),
     (["trainer.objective=grpo", "grpo.kl_reference=sft"], "grpo.kl_reference='sft' is not allowed: expected base"),
+    (["trainer.objective=grpo", "grpo.kl_reference=init"], "grpo.kl_reference=init needs grpo.init_adapters"),
     (["trainer.objective=grpo", "lora.fine_tune_type=full"], "trainer.objective=grpo needs adapters"),
 ])
 def test_bad_grpo_settings_fail_in_one_line(overrides, message):
@@ -244,12 +245,13 @@ def test_kl_reference_init_measures_kl_from_the_adapters_grpo_started_from(smoke
         cfg = compose(["experiment=smoke", "trainer.iters=3", "trainer.learning_rate=2e-2", "trainer.warmup_steps=0",
                        "trainer.report_every=1", "trainer.eval_every=0", "trainer.save_every=0", "trainer.batch_size=16",
                        "grpo.group_size=8", "grpo.prompts_per_step=2", "grpo.max_tokens=6", "grpo.beta=0.5",
-                       f"grpo.kl_reference={reference}", "lora.rank=8"])
+                       f"grpo.kl_reference={reference}", f"grpo.init_adapters={smoke_run / 'adapters'}",
+                       "trainer.objective=grpo", "lora.rank=8"])
         loaded = load_base(cfg.model)
         model, tokenizer = loaded.model, loaded.tokenizer
         good = np.array(model.lm_head.weight) @ np.random.default_rng(0).standard_normal(model.lm_head.weight.shape[1]) > 0
         mx.random.seed(0)
-        load_init_adapters(model, str(smoke_run / "adapters"), apply_adapters(model, cfg.lora))
+        load_init_adapters(model, cfg.grpo.init_adapters, apply_adapters(model, cfg.lora))
         prompts = [{"description": f"Task {i}", "reference": "nop"} for i in range(4)]
         trainer = GrpoTrainer(model, tokenizer, cfg, prompts,
                               reward_fn=lambda rows: [{"reward": float(good[r["answer_tokens"]].mean())} for r in rows])

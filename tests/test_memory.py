@@ -370,10 +370,16 @@ def test_out_of_memory_while_answering_says_so_and_resume_answers_without_traini
     resumed = subprocess.run([sys.executable, "-m", "riscv_ft.train", f"resume={run_dir}"], capture_output=True, text=True,
                              timeout=300, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    def refuse(constant):  # strict JSON: no NaN from a process that trained no step
+        raise AssertionError(f"metrics.json holds {constant}")
+
+    metrics = json.loads((run_dir / "metrics.json").read_text(), parse_constant=refuse)
     assert metrics["steps"] == 4 and "eval_verified_functional_rate" in metrics
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert metrics["peak_memory_gb"] == max(h["peak_memory_gb"] for h in history if "peak_memory_gb" in h)
+    assert metrics["train_loss"] == [h["train_loss"] for h in history if "train_loss" in h][-1]
+    assert metrics["val_loss"] == [h["val_loss"] for h in history if "val_loss" in h][-1]
+    assert metrics["tokens_per_s"] is None  # this process measured no training speed
     log = (run_dir / "train.log").read_text()
     assert "Resuming" in log and "step 1/4" not in log.split("Resuming", 1)[1]
 
