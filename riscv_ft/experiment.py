@@ -110,11 +110,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
     seed_everything(cfg.trainer.seed)  # LoRA init does not depend on how much data was read
     lora_meta = apply_adapters(model, cfg.lora)
     n_trainable = sum(p.size for p in trainable_parameters(model).values())
+    reference_digest = None  # GRPO with kl_reference=init: the reference adapters' SHA-256
     if cfg.trainer.objective == "grpo":  # rewarded by the scorer; the rest of the run is as for SFT
         from riscv_ft.grpo import SAMPLES_FILE, GrpoTrainer, grpo_prompts, load_init_adapters
 
         if cfg.grpo.init_adapters:
-            load_init_adapters(model, cfg.grpo.init_adapters, lora_meta)
+            digest = load_init_adapters(model, cfg.grpo.init_adapters, lora_meta)
+            reference_digest = digest if cfg.grpo.kl_reference == "init" else None
         trainer = GrpoTrainer(model, tokenizer, cfg, grpo_prompts(data.splits, cfg),
                               samples_path=run_dir / SAMPLES_FILE if main_process else None)
     else:
@@ -151,6 +153,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
             load_checkpoint(checkpoint, model, trainer.optimizer)
         share_checkpoint(model, trainer.optimizer)
         saved = checkpoint.state
+        if reference_digest and saved.get("grpo_reference_digest", reference_digest) != reference_digest:
+            raise ConfigError(f"grpo.init_adapters={cfg.grpo.init_adapters}: adapters.safetensors changed since this run "
+                              "started; with grpo.kl_reference=init it is the KL reference, so the resumed run would "
+                              "not go on as it began: put the original file back, or start a new run")
         trainer.state = TrainState(step=checkpoint.step, best_val_loss=saved["best_val_loss"], best_step=saved["best_step"],
                                    evals_without_improvement=saved["evals_without_improvement"])
         history = saved["history"]
@@ -180,7 +186,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
                 run_dir / "checkpoints", step, trainable_parameters(model), trainer.optimizer.state,
                 {"best_val_loss": state.best_val_loss, "best_step": state.best_step,
                  "evals_without_improvement": state.evals_without_improvement,
-                 "mlflow_run_id": tracker.run_id, "tracking_key": tracker.key, "history": history},
+                 "mlflow_run_id": tracker.run_id, "tracking_key": tracker.key, "history": history,
+                 "grpo_reference_digest": reference_digest},
                 keep=cfg.trainer.keep_checkpoints,
             )
             save_adapters(model, adapters_dir, loaded.base_ref, cfg.lora, lora_meta)

@@ -263,6 +263,32 @@ def test_kl_reference_init_measures_kl_from_the_adapters_grpo_started_from(smoke
     assert kl["init"][0] < 1e-6 < kl["init"][-1]
 
 
+def test_a_resumed_run_refuses_reference_adapters_that_changed(tmp_path, smoke_run):
+    """With grpo.kl_reference=init the init adapters are the KL term's reference for every step,
+    also after a resume: a resume over the same file goes on, one over a changed file stops in one
+    line before anything is written."""
+    import shutil
+
+    init = tmp_path / "init"
+    shutil.copytree(smoke_run / "adapters", init)
+    run_dir = tmp_path / "run"
+    result = run_train("experiment=smoke", "trainer.objective=grpo", "lora.rank=8", f"grpo.init_adapters={init}",
+                       "grpo.kl_reference=init", "trainer.iters=1", "trainer.eval_every=0", "grpo.group_size=2",
+                       "grpo.prompts_per_step=1", "grpo.max_tokens=2", "grpo.synthetic_prompts=4", "grpo.samples_every=0",
+                       "eval.num_rows=1", "eval.user_prompts=0", "eval.max_tokens=2", "eval.print_samples=0",
+                       "tracking.enabled=false", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_train(f"resume={run_dir}").returncode == 0
+    weights = mx.load(str(init / "adapters.safetensors"))
+    mx.save_safetensors(str(init / "adapters.safetensors"), {k: v * 1.5 for k, v in weights.items()})
+    before = (run_dir / "metrics.json").read_text()
+    refused = run_train(f"resume={run_dir}")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: grpo.init_adapters={init}: adapters.safetensors changed since this run started"), line
+    assert (run_dir / "metrics.json").read_text() == before
+
+
 def test_init_adapters_that_do_not_fit_fail_in_one_line(tiny, tmp_path):
     cfg, model, _, lora_meta = tiny
     from riscv_ft.grpo import load_init_adapters
