@@ -210,10 +210,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
             raise
         metrics["initial_val_loss"] = next((h["val_loss"] for h in history if "val_loss" in h), None)
         if checkpoint is not None and metrics["steps"] == checkpoint.step:
-            # Nothing trained in this process (a run resumed to answer again): the losses and rewards are the
-            # history's last; this process measured no speed.
+            # Nothing trained in this process (a run resumed to answer again): its empty window has no train
+            # loss, and what it could not measure (NaN) is the history's last; this process measured no speed.
+            # A validation loss it did give stays (early stopping's restored best).
             for key in ("train_loss", "val_loss", "reward_mean", "functional_fraction"):
-                if key in metrics:
+                if key in metrics and (key == "train_loss" or metrics[key] is None or not np.isfinite(metrics[key])):
                     metrics[key] = next((h[key] for h in reversed(history) if h.get(key) is not None), None)
             for key in ("tokens_per_s", "all_tokens_per_s", "padding_share", "samples_seen"):
                 if key in metrics:
