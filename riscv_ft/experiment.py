@@ -46,6 +46,7 @@ from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_p
 from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
 from riscv_ft.runtime import INSTALL_HINT, blas_in_use
+from riscv_ft.sources.cache import file_sha256
 from riscv_ft.trainer import (FAIL_IN_EVAL_ENV, SIMULATED_OOM, EvaluationOutOfMemory, Interrupted, Trainer, TrainState,
                               is_out_of_memory)
 from riscv_ft.tracking.run import environment_tags, tracked_run
@@ -115,8 +116,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
         from riscv_ft.grpo import SAMPLES_FILE, GrpoTrainer, grpo_prompts, load_init_adapters
 
         if cfg.grpo.init_adapters:
-            digest = load_init_adapters(model, cfg.grpo.init_adapters, lora_meta)
-            reference_digest = digest if cfg.grpo.kl_reference == "init" else None
+            load_init_adapters(model, cfg.grpo.init_adapters, lora_meta)
+            if cfg.grpo.kl_reference == "init":  # the KL reference for every step: a resume checks it is the same file
+                reference_digest = file_sha256(Path(cfg.grpo.init_adapters).expanduser() / "adapters.safetensors")
         trainer = GrpoTrainer(model, tokenizer, cfg, grpo_prompts(data.splits, cfg),
                               samples_path=run_dir / SAMPLES_FILE if main_process else None)
     else:

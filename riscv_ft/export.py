@@ -34,7 +34,6 @@ use_fast_blas()  # before MLX is imported anywhere
 
 import datetime  # noqa: E402
 import gc  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -50,6 +49,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from riscv_ft.assistant import EXPORT_RECORD  # noqa: E402
 from riscv_ft.cli import as_bool, as_number, fail, parse_args, wants_help  # noqa: E402
 from riscv_ft.generate import require_model, source_from_args  # noqa: E402
+from riscv_ft.sources.cache import file_sha256  # noqa: E402
 
 KEYS = {"run", "adapter", "model", "out", "force", "dequantize", "gguf", "verify", "prompt_format", "dtype", "tracking_uri"}
 GGUF_FILE = "model.gguf"
@@ -232,14 +232,6 @@ def mlflow_tags(source) -> dict:
         return dict(run.data.tags)
     except Exception:  # noqa: BLE001 - provenance is best effort; the record says what is missing
         return {}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verification_prompts(source, count: int) -> list[str]:

@@ -26,7 +26,6 @@ step's prompts and samples depend only on (seed, step), so a resumed run is exac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -178,10 +177,9 @@ def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
     return prompts
 
 
-def load_init_adapters(model: nn.Module, folder: str, lora_meta: dict) -> str:
+def load_init_adapters(model: nn.Module, folder: str, lora_meta: dict) -> None:
     """Load an SFT run's adapters (grpo.init_adapters) into the freshly adapted model; the LoRA
-    settings must be the ones it was trained with. Returns the weights file's SHA-256 (with
-    grpo.kl_reference=init they are the KL reference, so a resumed run checks they are the same)."""
+    settings must be the ones it was trained with."""
     from riscv_ft.model import load_trainable
 
     path = Path(folder).expanduser()
@@ -200,11 +198,6 @@ def load_init_adapters(model: nn.Module, folder: str, lora_meta: dict) -> str:
                           f"them on {lora_meta['num_layers']}; set lora.num_layers as in the run that wrote it")
     load_trainable(model, mx.load(str(weights_file)))
     log.info("GRPO starts from the adapters in %s", path)
-    digest = hashlib.sha256()
-    with open(weights_file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------ sampling

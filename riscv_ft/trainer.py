@@ -234,7 +234,7 @@ FAIL_AT_STEP_ENV = "RISCV_FT_TEST_OOM_AT_STEP"
 # Tests only: raise it when the named model ("base" or "tuned") starts answering evaluation prompts.
 FAIL_IN_EVAL_ENV = "RISCV_FT_TEST_OOM_IN_EVAL"
 SIMULATED_OOM = ("[metal::malloc] Attempting to allocate 17179869184 bytes which is greater than the maximum allowed "
-              "buffer size of 12884901888 bytes.")
+                 "buffer size of 12884901888 bytes.")
 
 
 class Interrupted(KeyboardInterrupt):
