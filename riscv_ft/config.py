@@ -293,6 +293,10 @@ class GrpoConfig:
     # description of the valid/test split or of the user-style prompts.
     synthetic_prompts: int = 1000
     synthetic_max_instructions: int = 3
+    # And this many verified multi-instruction tasks (riscv_ft.data.tasks: 2-12 instructions, with
+    # their scratch registers), drawn with another seed than data.mix_tasks: the requests that SFT
+    # gets wrong most often (NOTES 14) are the ones that need several instructions.
+    task_prompts: int = 0
     # Write each group's answers and rewards to RUN/grpo_samples.jsonl every this many steps (0: never).
     samples_every: int = 10
     # Start from these adapters (an SFT run's RUN/adapters folder); null: fresh LoRA (B = 0).
@@ -386,6 +390,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("grpo.reward_other", math.isfinite, "a finite number"),
     ("grpo.synthetic_prompts", lambda v: v >= 0, "an integer >= 0"),
     ("grpo.synthetic_max_instructions", lambda v: 1 <= v <= 3, "1, 2 or 3"),
+    ("grpo.task_prompts", lambda v: v >= 0, "an integer >= 0"),
     ("grpo.samples_every", lambda v: v >= 0, "an integer >= 0 (0: never)"),
     ("eval.split", lambda v: v in ("test", "valid"), "test or valid"),
     ("eval.num_rows", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),

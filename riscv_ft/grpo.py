@@ -138,7 +138,8 @@ def scorer_rewards(rows: list[dict], weights: RewardWeights, assembler: str = "a
     """The product reward: the real assembler and emulator score each answer against its reference."""
     from riscv_ft.evaluate.scorer import score_rows
 
-    scored = score_rows([{"reference": r["reference"], "prediction": r["prediction"]} for r in rows], assembler)
+    scored = score_rows([{"reference": r["reference"], "prediction": r["prediction"],
+                          **({"scratch": r["scratch"]} if r.get("scratch") else {})} for r in rows], assembler)
     out = []
     for row in scored:
         functional, assembles = bool(row.get("functional")), bool(row.get("assembles"))
@@ -151,9 +152,10 @@ def scorer_rewards(rows: list[dict], weights: RewardWeights, assembler: str = "a
 
 
 def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
-    """{description, reference} prompts: the training split's assembly-class rows and
-    grpo.synthetic_prompts verified synthetic tasks, minus any description of an evaluation set
-    (the valid and test splits, the user-style prompts)."""
+    """{description, reference, scratch} prompts: the training split's assembly-class rows,
+    grpo.synthetic_prompts verified synthetic tasks and grpo.task_prompts verified multi-instruction
+    tasks, minus any description of an evaluation set (the valid and test splits, the user-style
+    prompts)."""
     from riscv_ft.data.user_prompts import load_user_prompts
     from riscv_ft.rv.reference import classify
 
@@ -166,14 +168,22 @@ def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
         # Another seed than data.mix_synthetic's, so GRPO sees tasks SFT did not.
         rows += synthetic_rows(cfg.grpo.synthetic_prompts, seed=cfg.trainer.seed + 7919, assembler=cfg.eval.assembler,
                                max_instructions=cfg.grpo.synthetic_max_instructions)
+    if cfg.grpo.get("task_prompts", 0):
+        from riscv_ft.data.tasks import task_rows
+
+        # Another seed than data.mix_tasks' (seed + 3), for the same reason.
+        rows += task_rows(int(cfg.grpo.task_prompts), seed=cfg.trainer.seed + 7927, assembler=cfg.eval.assembler)
     prompts, seen = [], set()
     for r in rows:
         if r["description"] not in held_out and r["description"] not in seen:
             seen.add(r["description"])
-            prompts.append({"description": r["description"], "reference": r["instructions"]})
+            prompt = {"description": r["description"], "reference": r["instructions"]}
+            if r.get("scratch"):
+                prompt["scratch"] = list(r["scratch"])  # registers the answer may clobber, as in the evaluation
+            prompts.append(prompt)
     if not prompts:
         raise ConfigError("trainer.objective=grpo: no prompts (the training split has no assembly-class rows and "
-                          "grpo.synthetic_prompts=0); set grpo.synthetic_prompts to a positive number")
+                          "grpo.synthetic_prompts=0, grpo.task_prompts=0); set either to a positive number")
     return prompts
 
 
@@ -329,7 +339,8 @@ class GrpoTrainer(Trainer):
             prompt = prompts[k // g.group_size]
             text = tokenizer.decode(tokens[:-1] if stopped else tokens).strip()
             rows.append({"step": step, "group": k // g.group_size, "description": prompt["description"],
-                         "reference": prompt["reference"], "prediction": text, "answer_tokens": tokens, "stopped": stopped})
+                         "reference": prompt["reference"], "prediction": text, "answer_tokens": tokens, "stopped": stopped,
+                         **({"scratch": prompt["scratch"]} if prompt.get("scratch") else {})})
         for row, verdict in zip(rows, self.reward_fn(rows)):
             row.update(verdict)
         rewards = np.array([r["reward"] for r in rows], dtype=np.float32).reshape(len(prompts), g.group_size)

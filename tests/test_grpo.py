@@ -132,6 +132,25 @@ def test_prompts_are_assembly_rows_and_synthetic_tasks_never_evaluation_rows():
     assert len(prompts) == 1 + 12  # the synthetic tasks (verified by the assembler and emulator)
 
 
+def test_task_prompts_are_multi_instruction_tasks_whose_scratch_registers_the_reward_honours():
+    cfg = compose(["experiment=smoke", "grpo.synthetic_prompts=0", "grpo.task_prompts=30"])
+    prompts = grpo_prompts({"train": [], "valid": [], "test": []}, cfg)
+    from riscv_ft.data.tasks import task_rows
+
+    tasks = task_rows(30, seed=cfg.trainer.seed + 7927)
+    assert [p["description"] for p in prompts] == [t["description"] for t in tasks]
+    assert [p.get("scratch", []) for p in prompts] == [list(t["scratch"]) for t in tasks]
+    assert sum(len(p["reference"].splitlines()) > 1 for p in prompts) >= 25  # most need several instructions
+    with_scratch = [p for p in prompts if p.get("scratch")]
+    assert with_scratch, "no generated task declared a scratch register"
+    # The reward scores like the evaluation: a scratch register may hold anything at the end,
+    # any other register must end as the reference leaves it.
+    rows = [{"reference": "li t0, 5\nadd a0, a1, t0", "prediction": "addi a0, a1, 5", "scratch": ["t0"]},
+            {"reference": "li t0, 5\nadd a0, a1, t0", "prediction": "addi a0, a1, 5"},
+            {"reference": "li t0, 5\nadd a0, a1, t0", "prediction": "li t1, 5\nadd a0, a1, t1", "scratch": ["t0"]}]
+    assert [r["functional"] for r in scorer_rewards(rows, RewardWeights(1.0, 0.1, 0.0))] == [True, False, False]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.objective=ppo"], "trainer.objective='ppo' is not allowed: expected sft or grpo"),
     (["trainer.objective=grpo", "grpo.group_size=1"], "grpo.group_size=1 is not allowed"),
