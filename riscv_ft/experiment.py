@@ -66,7 +66,8 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explicit: frozenset[str] = frozenset()) -> dict:
+def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explicit: frozenset[str] = frozenset(),
+                   resume_changes: tuple[str, ...] = ()) -> dict:
     """Train one run into run_dir; with resume=True, continue from its newest checkpoint.
     `explicit`: the keys the user set, which the memory policy never changes."""
     started = time.perf_counter()
@@ -175,6 +176,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
             tracker.log_params({**flatten(cfg), **derived})
             tracker.set_tags(environment_tags(run_dir))
             tracker.log_dataset(data.splits["train"], data.report.source, data.report.digest, cfg.data.name)
+        elif resume_changes:  # MLflow keeps a param's first value: the evaluation settings that changed go in a tag
+            tracker.set_tags({"riscv_ft.resumed_with": " ".join(resume_changes)})
 
         def on_metrics(step: int, metrics: dict) -> None:
             history.append({"step": step, **metrics})
@@ -311,12 +314,17 @@ def _evaluation_oom_line(err: BaseException, cfg: DictConfig, who: str, run_dir:
     else:  # a resumed run answers with the base again before its checkpoint loads
         where = (f"the last checkpoint is kept: python -m riscv_ft.train resume={run_dir} answers again"
                  + (" without training again" if who == "tuned" else ""))
-    # resume= keeps the saved config, so these are for a new run
     lower = [f"eval.max_tokens={cfg.eval.max_tokens // 2}"] if cfg.eval.max_tokens > 1 else []
     if cfg.eval.decode == "verify" and who == "tuned" and cfg.eval.samples > 1:
         lower.insert(0, f"eval.samples={cfg.eval.samples // 2}")
+    if who == "base" and not resumed:  # nothing to resume: these are a new run's settings
+        advice = f"; a new run can lower {', '.join(lower)}" if lower else ""
+    else:  # resume= takes evaluation settings beside it
+        if who == "base":
+            lower.append("eval.baseline=false")
+        advice = f"; to answer with less: resume={run_dir} {' '.join(lower)}" if lower else ""
     return (f"out of memory while the {who} model answered the evaluation prompts ({first}); {where}; other processes "
-            f"on the same accelerator hold memory too" + (f"; a new run can lower {', '.join(lower)}" if lower else ""))
+            f"on the same accelerator hold memory too{advice}")
 
 
 def _evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str) -> dict[str, tuple[list[dict], dict | None]]:

@@ -4,6 +4,7 @@
     python -m riscv_ft.train lora.rank=8 trainer.batch_size=2 # Mistral-7B, 4-bit base
     python -m riscv_ft.train -m lora.rank=4,8,16 trainer.batch_size=2,4
     python -m riscv_ft.train resume=experiments/runs/RUN      # continue a stopped run
+    python -m riscv_ft.train resume=experiments/runs/RUN eval.samples=4   # ... answering with other eval.* settings
 
 The configuration is checked before any model loads; a bad value ends with one line on
 stderr and exit code 2. Ctrl-C or SIGTERM save a checkpoint and exit with 130.
@@ -32,7 +33,7 @@ log = logging.getLogger("riscv_ft")
 
 
 def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool = False,
-                   explicit: frozenset[str] = frozenset()) -> float | None:
+                   explicit: frozenset[str] = frozenset(), resume_changes: tuple[str, ...] = ()) -> float | None:
     """Run one training job; user errors become one line (exit 2), or a failed job in a sweep.
     `explicit`: the keys set on the command line, which the memory policy never changes (a
     resumed run keeps the settings its saved config holds)."""
@@ -44,7 +45,7 @@ def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool 
             log.warning("job skipped: the sweep was stopped (%s)", stopped_worker())
             return None
         validate(cfg)
-        metrics = run_experiment(cfg, run_dir, resume=resume, explicit=explicit)
+        metrics = run_experiment(cfg, run_dir, resume=resume, explicit=explicit, resume_changes=resume_changes)
     except KeyboardInterrupt as stop:
         # In a parallel sweep's worker the job returns: joblib would kill the other workers mid-save.
         if in_sweep and job_interrupted_in_worker(stop):
@@ -94,14 +95,31 @@ def _resume_problem(argument: str, run_dir: Path) -> str | None:
     return None
 
 
+# Settings a resumed run may change: they act only on the evaluation after training (the steps,
+# weights and data are those of the saved config, so exact resume holds). eval.assembler is not
+# among them: GRPO's rewards use it during training.
+RESUMABLE_KEYS = ("eval.enabled", "eval.split", "eval.num_rows", "eval.baseline", "eval.cache_base_answers",
+                  "eval.user_prompts", "eval.max_tokens", "eval.print_samples", "eval.decode", "eval.samples")
+
+
+def resume_overrides(argument: str, other_args: list[str]) -> list[str]:
+    """The KEY=VALUE evaluation settings given beside resume=; one line (exit 2) for anything else."""
+    for arg in other_args:
+        key = arg.split("=", 1)[0]
+        if "=" not in arg or key not in RESUMABLE_KEYS:
+            fail(f"resume={argument}: {arg!r} cannot change on resume (a resumed run keeps its saved config); only "
+                 f"evaluation settings can: {', '.join(k + '=...' for k in RESUMABLE_KEYS)}")
+    return list(other_args)
+
+
 def resume(argument: str, other_args: list[str]) -> None:
-    """Continue RUN_DIR from its newest complete checkpoint, with the config it was started with.
+    """Continue RUN_DIR from its newest complete checkpoint, with the config it was started with
+    (evaluation settings given as KEY=VALUE beside it replace the saved ones, also in its config.yaml).
 
     Under mlx.launch only rank 0 needs RUN_DIR: it sends the config (and, in run_experiment,
     the checkpoint) to the other ranks."""
     run_dir = Path(argument).expanduser().resolve()
-    if other_args:
-        fail(f"resume= takes no other arguments (got {' '.join(other_args)}); a resumed run keeps its saved config")
+    overrides = resume_overrides(argument, other_args)
     found = None
     if distributed.is_main():
         problem = _resume_problem(argument, run_dir)
@@ -113,13 +131,27 @@ def resume(argument: str, other_args: list[str]) -> None:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(found["config"]))
     except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors
         fail(f"resume={argument}: its config.yaml does not match the schema ({str(err).splitlines()[0]})")
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+            validate(cfg)
+        except ConfigError as err:
+            fail(str(err))
+        except Exception as err:  # noqa: BLE001 - OmegaConf's type errors, e.g. eval.samples=many
+            fail(f"resume={argument}: {' '.join(overrides)}: {str(err).splitlines()[0]}")
     formatter = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     handlers = [logging.StreamHandler()] + ([logging.FileHandler(run_dir / "train.log")] if distributed.is_main() else [])
     for handler in handlers:
         handler.setFormatter(formatter)
         logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO if distributed.is_main() else logging.WARNING)
-    run_and_report(cfg, run_dir, in_sweep=False, resume=True)
+    if overrides and distributed.is_main():
+        # The folder's config then says what produced its evaluation; written whole or not at all.
+        partial = run_dir / "config.yaml.partial"
+        partial.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        partial.replace(run_dir / "config.yaml")
+        log.info("Resuming with %s (saved in %s)", " ".join(overrides), run_dir / "config.yaml")
+    run_and_report(cfg, run_dir, in_sweep=False, resume=True, resume_changes=tuple(overrides))
 
 
 def cli() -> None:

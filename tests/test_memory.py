@@ -365,11 +365,29 @@ def test_out_of_memory_while_answering_says_so_and_resume_answers_without_traini
     if who == "base":
         assert "eval.baseline=false" in line and not (run_dir / "checkpoints").exists()
         return
-    assert f"resume={run_dir}" in line and "eval.samples=1" in line
     assert [p.name for p in (run_dir / "checkpoints").glob("step-*")] == ["step-000004"]
-    resumed = subprocess.run([sys.executable, "-m", "riscv_ft.train", f"resume={run_dir}"], capture_output=True, text=True,
+    # The line's own command: resume= with the lowered evaluation settings beside it.
+    advised = line.split("to answer with less: ", 1)[1].split()
+    assert advised == [f"resume={run_dir}", "eval.samples=1", "eval.max_tokens=4"], line
+    saved_config = (run_dir / "config.yaml").read_text()
+    refused = subprocess.run([sys.executable, "-m", "riscv_ft.train", *advised, "trainer.iters=8"], capture_output=True,
+                             text=True, timeout=300, cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines() == [
+        f"error: resume={run_dir}: 'trainer.iters=8' cannot change on resume (a resumed run keeps its saved config); "
+        "only evaluation settings can: eval.enabled=..., eval.split=..., eval.num_rows=..., eval.baseline=..., "
+        "eval.cache_base_answers=..., eval.user_prompts=..., eval.max_tokens=..., eval.print_samples=..., "
+        "eval.decode=..., eval.samples=..."]
+    assert (run_dir / "config.yaml").read_text() == saved_config
+    resumed = subprocess.run([sys.executable, "-m", "riscv_ft.train", *advised], capture_output=True, text=True,
                              timeout=300, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (saved["eval"]["samples"], saved["eval"]["max_tokens"], saved["trainer"]["iters"]) == (1, 4, 4)
+    summary = json.loads((run_dir / "eval_summary.json").read_text())
+    assert summary["verified"]["samples"] == 1, summary["verified"]
     def refuse(constant):  # strict JSON: no NaN from a process that trained no step
         raise AssertionError(f"metrics.json holds {constant}")
 
