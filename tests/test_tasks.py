@@ -118,3 +118,25 @@ def test_command_line_writes_verified_rows(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows == task_rows(30, seed=4, verify=False)
+
+
+@pytest.mark.parametrize("module", ["riscv_ft.data.tasks", "riscv_ft.data.synthetic"])
+def test_command_line_errors_are_one_line_and_leave_the_old_file(tmp_path, module):
+    """Both generators share one command line (riscv_ft/data/generator_cli.py): an --out in a
+    missing folder or naming a folder, or an impossible --rows, is one line and exit 2; a file
+    already at --out is left as it was, and no temporary is left beside it."""
+    old = tmp_path / "rows.jsonl"
+    old.write_text('{"kept": true}\n')
+    cases = [(["--rows", "-1", "--out", str(old)], "error: num_rows must be >= 0"),
+             (["--rows", "2", "--no-verify", "--out", str(tmp_path / "missing" / "x.jsonl")],
+              f"error: --out {tmp_path / 'missing' / 'x.jsonl'}: no folder {tmp_path / 'missing'}"),
+             (["--rows", "2", "--no-verify", "--out", str(tmp_path)], f"error: --out {tmp_path}: Is a directory")]
+    for args, line in cases:
+        done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [line], done.stderr
+    assert old.read_text() == '{"kept": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]
+    done = subprocess.run([sys.executable, "-m", module, "--rows", "3", "--no-verify", "--out", str(old)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and len(old.read_text().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]

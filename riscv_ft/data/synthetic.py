@@ -23,12 +23,9 @@ becoming training data.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from riscv_ft.data.tasks.base import MASK, VerificationError, s32, s64, sext
 from riscv_ft.rv.sanitize import INT_ABI
@@ -508,26 +505,14 @@ def synthetic_rows(num_rows: int, seed: int, verify: bool = True, assembler="aut
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m riscv_ft.data.synthetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-instructions", type=int, default=3, choices=(1, 2, 3))
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--no-verify", action="store_true", help="skip assembling and running each pair")
-    parser.add_argument("--assembler", default="auto")
-    args = parser.parse_args(argv)
-    try:
-        rows = synthetic_rows(args.rows, args.seed, verify=not args.no_verify, assembler=args.assembler,
-                              max_instructions=args.max_instructions)
-    except (VerificationError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    with open(args.out, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    print(f"wrote {len(rows)} verified rows to {args.out}" if not args.no_verify else
-          f"wrote {len(rows)} rows (not verified) to {args.out}")
-    return 0
+    from riscv_ft.data.generator_cli import run_generator
+
+    def add_arguments(parser):
+        parser.add_argument("--max-instructions", type=int, default=3, choices=(1, 2, 3))
+
+    return run_generator(argv, "python -m riscv_ft.data.synthetic", __doc__.split("\n\n")[0],
+                         lambda a: synthetic_rows(a.rows, a.seed, verify=not a.no_verify, assembler=a.assembler,
+                                                  max_instructions=a.max_instructions), add_arguments)
 
 
 if __name__ == "__main__":

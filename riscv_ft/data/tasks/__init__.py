@@ -28,12 +28,8 @@ raises VerificationError instead of becoming training data. Output is determinis
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import re
-import sys
-from pathlib import Path
 from typing import Callable
 
 from riscv_ft.rv.sanitize import FP_ABI, INT_ABI
@@ -175,20 +171,7 @@ def task_rows(num_rows: int, seed: int, verify: bool = True, assembler="auto",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m riscv_ft.data.tasks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--no-verify", action="store_true", help="skip assembling and running each task")
-    parser.add_argument("--assembler", default="auto")
-    args = parser.parse_args(argv)
-    try:
-        rows = task_rows(args.rows, args.seed, verify=not args.no_verify, assembler=args.assembler)
-    except (VerificationError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    with open(args.out, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    print(f"wrote {len(rows)} {'verified ' if not args.no_verify else ''}rows to {args.out}")
-    return 0
+    from riscv_ft.data.generator_cli import run_generator
+
+    return run_generator(argv, "python -m riscv_ft.data.tasks", __doc__.split("\n\n")[0],
+                         lambda a: task_rows(a.rows, a.seed, verify=not a.no_verify, assembler=a.assembler))
