@@ -293,7 +293,7 @@ class GrpoConfig:
     # description of the valid/test split or of the user-style prompts.
     synthetic_prompts: int = 1000
     synthetic_max_instructions: int = 3
-    # And this many verified multi-instruction tasks (riscv_ft.data.tasks: 2-12 instructions, with
+    # And this many verified multi-instruction tasks (riscv_ft.data.tasks: nearly all 2-12 instructions, with
     # their scratch registers), drawn with another seed than data.mix_tasks: the requests that SFT
     # gets wrong most often (NOTES 14) are the ones that need several instructions.
     task_prompts: int = 0

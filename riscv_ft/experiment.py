@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -176,8 +177,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
             tracker.log_params({**flatten(cfg), **derived})
             tracker.set_tags(environment_tags(run_dir))
             tracker.log_dataset(data.splits["train"], data.report.source, data.report.digest, cfg.data.name)
-        elif resume_changes:  # MLflow keeps a param's first value: the evaluation settings that changed go in a tag
-            tracker.set_tags({"riscv_ft.resumed_with": " ".join(resume_changes)})
+        elif resume_changes:
+            # MLflow keeps a param's first value: the evaluation settings in effect go in a tag, all
+            # of them, so that earlier resumes' changes are not lost from view.
+            tracker.set_tags({"riscv_ft.eval_settings": " ".join(f"eval.{k}={v}" for k, v in cfg.eval.items())})
 
         def on_metrics(step: int, metrics: dict) -> None:
             history.append({"step": step, **metrics})
@@ -235,6 +238,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
         # What training left in MLX's buffer cache goes back first: generation needs other shapes, and
         # on a GPU shared by several runs (a sweep side by side) cached buffers starve the others.
         mx.clear_cache()
+        if resume:  # an earlier evaluation's files (perhaps of sets this one skips) go aside, not mixed in
+            _set_aside_earlier_evaluation(run_dir)
         scored, summary = evaluate_run(model, tokenizer, data.splits, cfg, baseline, run_dir)
         if summary:
             metrics.update(evaluation_metrics(summary))
@@ -307,6 +312,19 @@ def evaluate_sets(model, tokenizer, sets: dict, cfg: DictConfig, who: str, run_d
         raise EvaluationOutOfMemory(_evaluation_oom_line(err, cfg, who, run_dir, resumed)) from err
 
 
+def _set_aside_earlier_evaluation(run_dir: Path) -> None:
+    """Move RUN's evaluation files to RUN/previous_eval/ (replacing what an earlier resume put there)."""
+    names = [n for n in (*FILES.values(), "eval_summary.json") if (run_dir / n).is_file()]
+    if not names:
+        return
+    previous = run_dir / "previous_eval"
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for name in names:
+        (run_dir / name).replace(previous / name)
+    log.info("The earlier evaluation's files are in %s", previous)
+
+
 def _evaluation_oom_line(err: BaseException, cfg: DictConfig, who: str, run_dir: Path | None, resumed: bool) -> str:
     first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
     if who == "base" and not resumed:
@@ -320,8 +338,8 @@ def _evaluation_oom_line(err: BaseException, cfg: DictConfig, who: str, run_dir:
     if who == "base" and not resumed:  # nothing to resume: these are a new run's settings
         advice = f"; a new run can lower {', '.join(lower)}" if lower else ""
     else:  # resume= takes evaluation settings beside it
-        if who == "base":
-            lower.append("eval.baseline=false")
+        if who == "base":  # skipping the base's answers is enough; shorter tuned answers would score differently
+            lower = ["eval.baseline=false"]
         advice = f"; to answer with less: resume={run_dir} {' '.join(lower)}" if lower else ""
     return (f"out of memory while the {who} model answered the evaluation prompts ({first}); {where}; other processes "
             f"on the same accelerator hold memory too{advice}")

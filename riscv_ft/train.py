@@ -145,13 +145,20 @@ def resume(argument: str, other_args: list[str]) -> None:
         handler.setFormatter(formatter)
         logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO if distributed.is_main() else logging.WARNING)
-    if overrides and distributed.is_main():
-        # The folder's config then says what produced its evaluation; written whole or not at all.
-        partial = run_dir / "config.yaml.partial"
-        partial.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        partial.replace(run_dir / "config.yaml")
-        log.info("Resuming with %s (saved in %s)", " ".join(overrides), run_dir / "config.yaml")
+    if overrides:
+        log.info("Resuming with %s", " ".join(overrides))
     run_and_report(cfg, run_dir, in_sweep=False, resume=True, resume_changes=tuple(overrides))
+    if overrides and distributed.is_main():
+        # Only once the run is complete: the folder's config then says what produced its evaluation
+        # (written whole or not at all); after a failure it still says what produced the old one.
+        partial = run_dir / "config.yaml.partial"
+        try:
+            partial.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            partial.replace(run_dir / "config.yaml")
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            log.warning("%s not updated with %s (%s); the run itself is complete", run_dir / "config.yaml",
+                        " ".join(overrides), err.strerror or err)
 
 
 def cli() -> None:

@@ -151,6 +151,22 @@ def test_task_prompts_are_multi_instruction_tasks_whose_scratch_registers_the_re
     assert [r["functional"] for r in scorer_rewards(rows, RewardWeights(1.0, 0.1, 0.0))] == [True, False, False]
 
 
+def test_sampled_answers_carry_their_prompts_scratch_registers_to_the_reward():
+    """GrpoTrainer's rows (what reward_fn scores) keep each prompt's scratch registers."""
+    cfg = compose(["experiment=smoke", "trainer.objective=grpo", "grpo.group_size=2", "grpo.prompts_per_step=2",
+                   "grpo.max_tokens=2", "lora.rank=4"])
+    loaded = load_base(cfg.model)
+    apply_adapters(loaded.model, cfg.lora)
+    prompts = [{"description": "Add 5 to a1 into a0.", "reference": "li t0, 5\nadd a0, a1, t0", "scratch": ["t0"]},
+               {"description": "Copy a1 to a0.", "reference": "mv a0, a1"}]
+    seen = []
+    trainer = GrpoTrainer(loaded.model, loaded.tokenizer, cfg, prompts,
+                          reward_fn=lambda rows: seen.extend(rows) or [{"reward": 0.0} for _ in rows])
+    trainer.sample_step(1)
+    by_prompt = {r["description"]: r.get("scratch") for r in seen}
+    assert by_prompt == {"Add 5 to a1 into a0.": ["t0"], "Copy a1 to a0.": None} and len(seen) == 4
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.objective=ppo"], "trainer.objective='ppo' is not allowed: expected sft or grpo"),
     (["trainer.objective=grpo", "grpo.group_size=1"], "grpo.group_size=1 is not allowed"),

@@ -388,6 +388,13 @@ def test_out_of_memory_while_answering_says_so_and_resume_answers_without_traini
     assert (saved["eval"]["samples"], saved["eval"]["max_tokens"], saved["trainer"]["iters"]) == (1, 4, 4)
     summary = json.loads((run_dir / "eval_summary.json").read_text())
     assert summary["verified"]["samples"] == 1, summary["verified"]
+    # A second resume that skips the user-style prompts: the first evaluation's files go aside, so
+    # the folder holds only what this evaluation answered.
+    again = subprocess.run([sys.executable, "-m", "riscv_ft.train", f"resume={run_dir}", "eval.user_prompts=0"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not (run_dir / "eval_user.jsonl").exists() and (run_dir / "previous_eval" / "eval_user.jsonl").is_file()
+    assert (run_dir / "eval.jsonl").is_file() and "user_prompts" not in json.loads((run_dir / "eval_summary.json").read_text())
     def refuse(constant):  # strict JSON: no NaN from a process that trained no step
         raise AssertionError(f"metrics.json holds {constant}")
 
@@ -400,6 +407,17 @@ def test_out_of_memory_while_answering_says_so_and_resume_answers_without_traini
     assert metrics["tokens_per_s"] is None  # this process measured no training speed
     log = (run_dir / "train.log").read_text()
     assert "Resuming" in log and "step 1/4" not in log.split("Resuming", 1)[1]
+
+
+def test_every_evaluation_setting_but_the_assembler_can_change_on_resume():
+    """A new eval.* field must be classified on purpose: it either acts only on the evaluation
+    after training (resumable) or, like eval.assembler (GRPO's rewards), on training too."""
+    import dataclasses
+
+    from riscv_ft.config import EvalConfig
+    from riscv_ft.train import RESUMABLE_KEYS
+
+    assert set(RESUMABLE_KEYS) == {f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)} - {"eval.assembler"}
 
 
 def test_full_fine_tuning_keeps_no_second_copy_of_the_weights_across_steps():

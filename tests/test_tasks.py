@@ -130,7 +130,8 @@ def test_command_line_errors_are_one_line_and_leave_the_old_file(tmp_path, modul
     cases = [(["--rows", "-1", "--out", str(old)], "error: num_rows must be >= 0"),
              (["--rows", "2", "--no-verify", "--out", str(tmp_path / "missing" / "x.jsonl")],
               f"error: --out {tmp_path / 'missing' / 'x.jsonl'}: no folder {tmp_path / 'missing'}"),
-             (["--rows", "2", "--no-verify", "--out", str(tmp_path)], f"error: --out {tmp_path}: Is a directory")]
+             (["--rows", "2", "--no-verify", "--out", str(tmp_path)], f"error: --out {tmp_path}: a folder; give a file name"),
+             (["--rows", "2", "--no-verify", "--out", "."], "error: --out .: a folder; give a file name")]
     for args, line in cases:
         done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and done.stderr.strip().splitlines() == [line], done.stderr

@@ -2,7 +2,7 @@
 -m riscv_ft.data.tasks`): draw and verify rows, then write them as JSONL, whole or not at all.
 
 Errors are one line on stderr with exit code 2 (a template that fails verification, an
-impossible --rows, an --out that cannot be written); an existing --out file is replaced only by
+impossible --rows, an --out that cannot be written; argparse's own usage errors print usage too); an existing --out file is replaced only by
 a complete new one.
 """
 
@@ -27,7 +27,9 @@ def run_generator(argv: list[str] | None, prog: str, description: str, make_rows
     parser.add_argument("--no-verify", action="store_true", help="skip assembling and running each row")
     parser.add_argument("--assembler", default="auto")
     args = parser.parse_args(argv)
-    if not args.out.parent.is_dir():  # before minutes of verification, not after
+    if not args.out.name or args.out.is_dir():  # before minutes of verification, not after
+        return _error(f"--out {args.out}: a folder; give a file name")
+    if not args.out.parent.is_dir():
         return _error(f"--out {args.out}: no folder {args.out.parent}")
     try:
         rows = make_rows(args)
