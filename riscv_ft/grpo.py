@@ -138,8 +138,8 @@ def scorer_rewards(rows: list[dict], weights: RewardWeights, assembler: str = "a
     """The product reward: the real assembler and emulator score each answer against its reference."""
     from riscv_ft.evaluate.scorer import score_rows
 
-    scored = score_rows([{"reference": r["reference"], "prediction": r["prediction"],
-                          **({"scratch": r["scratch"]} if r.get("scratch") else {})} for r in rows], assembler)
+    scored = score_rows([{"reference": r["reference"], "prediction": r["prediction"], "scratch": r.get("scratch")}
+                         for r in rows], assembler)
     out = []
     for row in scored:
         functional, assembles = bool(row.get("functional")), bool(row.get("assembles"))
@@ -168,11 +168,11 @@ def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
         # Another seed than data.mix_synthetic's, so GRPO sees tasks SFT did not.
         rows += synthetic_rows(cfg.grpo.synthetic_prompts, seed=cfg.trainer.seed + 7919, assembler=cfg.eval.assembler,
                                max_instructions=cfg.grpo.synthetic_max_instructions)
-    if cfg.grpo.get("task_prompts", 0):
+    if cfg.grpo.task_prompts:
         from riscv_ft.data.tasks import task_rows
 
         # Another seed than data.mix_tasks' (seed + 3), for the same reason.
-        rows += task_rows(int(cfg.grpo.task_prompts), seed=cfg.trainer.seed + 7927, assembler=cfg.eval.assembler)
+        rows += task_rows(cfg.grpo.task_prompts, seed=cfg.trainer.seed + 7927, assembler=cfg.eval.assembler)
     prompts, seen = [], set()
     for r in rows:
         if r["description"] not in held_out and r["description"] not in seen:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from riscv_ft import distributed  # noqa: E402
 from riscv_ft.cli import CONF_DIR, USER_ERRORS, fail, preflight  # noqa: E402
 from riscv_ft.config import ConfigError, TrainConfig, validate  # noqa: E402
+from riscv_ft.sources.cache import write_text_atomically  # noqa: E402
 from riscv_ft.trainer import EvaluationOutOfMemory, OutOfMemory, TrainingDiverged, is_out_of_memory  # noqa: E402
 
 log = logging.getLogger("riscv_ft")
@@ -134,7 +135,7 @@ def resume(argument: str, other_args: list[str]) -> None:
     if overrides:
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-            validate(cfg)
+            validate(cfg)  # here too: a bad value is then the only line, before the run's log begins
         except ConfigError as err:
             fail(str(err))
         except Exception as err:  # noqa: BLE001 - OmegaConf's type errors, e.g. eval.samples=many
@@ -151,12 +152,9 @@ def resume(argument: str, other_args: list[str]) -> None:
     if overrides and distributed.is_main():
         # Only once the run is complete: the folder's config then says what produced its evaluation
         # (written whole or not at all); after a failure it still says what produced the old one.
-        partial = run_dir / "config.yaml.partial"
         try:
-            partial.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            partial.replace(run_dir / "config.yaml")
+            write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         except OSError as err:
-            partial.unlink(missing_ok=True)
             log.warning("%s not updated with %s (%s); the run itself is complete", run_dir / "config.yaml",
                         " ".join(overrides), err.strerror or err)
 

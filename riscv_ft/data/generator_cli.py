@@ -2,8 +2,8 @@
 -m riscv_ft.data.tasks`): draw and verify rows, then write them as JSONL, whole or not at all.
 
 Errors are one line on stderr with exit code 2 (a template that fails verification, an
-impossible --rows, an --out that cannot be written; argparse's own usage errors print usage too); an existing --out file is replaced only by
-a complete new one.
+impossible --rows, an --out that cannot be written; argparse's own usage errors print usage
+too); an existing --out file is replaced only by a complete new one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from riscv_ft.data.tasks.base import VerificationError
+from riscv_ft.sources.cache import write_text_atomically
 
 
 def run_generator(argv: list[str] | None, prog: str, description: str, make_rows: Callable[[argparse.Namespace], list[dict]],
@@ -35,14 +36,9 @@ def run_generator(argv: list[str] | None, prog: str, description: str, make_rows
         rows = make_rows(args)
     except (VerificationError, RuntimeError, ValueError) as err:
         return _error(str(err))
-    partial = args.out.with_name(args.out.name + ".partial")
     try:
-        with open(partial, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        partial.replace(args.out)
+        write_text_atomically(args.out, "".join(json.dumps(row) + "\n" for row in rows))
     except OSError as err:
-        partial.unlink(missing_ok=True)
         return _error(f"--out {args.out}: {err.strerror or err}")
     print(f"wrote {len(rows)} {'rows (not verified)' if args.no_verify else 'verified rows'} to {args.out}")
     return 0

@@ -100,3 +100,14 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a text file whole or not at all: a temporary beside it, named for this process (two
+    writers never share one), then a rename. OSError if it cannot be written; no temporary is left."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after the rename
