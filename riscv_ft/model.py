@@ -22,7 +22,7 @@ from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.fused_lora import fused_layout, standard_layout
 # Model sources live in riscv_ft.sources; re-exported here, the one place that loads models.
 from riscv_ft.sources import resolve_base
-from riscv_ft.sources.cache import ModelLoadError
+from riscv_ft.sources.cache import ModelLoadError, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,4 @@ def save_adapters(model: nn.Module, folder: Path, base_ref: str, lora_cfg: DictC
     tmp_weights = folder / ".adapters.tmp.safetensors"
     mx.save_safetensors(str(tmp_weights), weights)
     os.replace(tmp_weights, folder / "adapters.safetensors")
-    tmp_config = folder / ".adapter_config.tmp.json"
-    tmp_config.write_text(json.dumps(config, indent=2))
-    os.replace(tmp_config, folder / "adapter_config.json")
+    write_text_atomically(folder / "adapter_config.json", json.dumps(config, indent=2))
