@@ -64,6 +64,41 @@ def test_verification_catches_wrong_answers_models_and_undeclared_temporaries():
         verify_tasks([dataclasses.replace(with_temp, lines=with_temp.lines + ["max a0, a1, a2"])])
 
 
+@needs_assembler
+def test_a_request_that_names_no_temporary_lets_the_answer_use_any_as_the_evaluation_set_does():
+    """A row's scratch is declared like the user-style set's: where the request names no
+    temporary, every temporary it does not name; where it names one, that one alone. GRPO's
+    reward once scored a right answer that used t5 instead of the reference's t1 as wrong."""
+    from riscv_ft.data.tasks import Task
+    from riscv_ft.evaluate.scorer import score_rows
+
+    tasks = draw_tasks(120, seed=21, categories=["arith", "bitfield", "minmax", "load_store"])
+    verify_tasks(tasks)
+    unnamed = [t for t in tasks if t.scratch and re.fullmatch(r"t\d", t.scratch[0])
+               and not re.search(rf"\b{t.scratch[0]}\b", t.description, re.IGNORECASE)]
+    assert len(unnamed) >= 10
+    rows, narrow = [], []
+    for t in unnamed:
+        other = next(r for r in ("t6", "t5", "t4", "t3") if not re.search(rf"\b{r}\b", t.description + "\n" + t.instructions))
+        answer = re.sub(rf"\b{t.scratch[0]}\b", other, t.instructions)
+        rows.append({"reference": t.instructions, "prediction": answer, "scratch": t.row()["scratch"]})
+        narrow.append({**rows[-1], "scratch": list(t.scratch)})
+    assert all(r["functional"] for r in score_rows(rows))
+    assert not any(r["functional"] for r in score_rows(narrow))  # the reference's temporaries alone
+    # Named or forbidden temporaries keep the scratch to what the request allows.
+    swap = ["mv t0, a0", "mv a0, a1", "mv a1, t0"]
+    named = Task("move", "swap a0 and a1, using t0 as a temporary", swap, lambda s: None, scratch=["t0"])
+    assert named.row()["scratch"] == ["t0"]
+    xor_swaps = [t for t in draw_tasks(150, seed=2, categories=["move"]) if t.lines[0].startswith("xor")]
+    assert xor_swaps and all(t.row()["scratch"] == [] for t in xor_swaps)
+    # The widening is checked: a request whose model changes a temporary it does not name is refused.
+    sneaky = Task("arith", "a0 = a1 + 1", ["addi a0, a1, 1", "li t5, 0"],
+                  lambda s: (s.__setitem__("a0", s["a1"] + 1), s.__setitem__("t5", 0)))
+    assert "t5" in sneaky.row()["scratch"]
+    with pytest.raises(VerificationError, match="changes a temporary it does not name"):
+        verify_tasks([sneaky])
+
+
 def test_deterministic_for_a_seed():
     rows = task_rows(400, seed=1, verify=False)
     assert rows == task_rows(400, seed=1, verify=False)

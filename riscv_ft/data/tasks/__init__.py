@@ -14,8 +14,9 @@ what they share in base.py), each with
   registers, constants and labels (named `done:` and numeric `1:`/`1f` alike);
 * the answer, RV64GC only (no Zb*: no min/max/abs/zext.w instructions): 2-12 instructions,
   except a few requests that one instruction answers (set bit 3: `ori`; sign-extend a word);
-* `scratch`: the temporaries the answer used, whose final values the request does not fix
-  (the evaluation set's field of the same name);
+* `scratch`: the registers whose final values the request does not fix (the evaluation set's
+  field of the same name, declared the same way): the temporaries the answer used, and where
+  the request names none of them every temporary it does not name;
 * a Python model of what the *request* says (min(a, b), the sum 1..n, the IEEE float sum...),
   written independently of the answer.
 
@@ -67,7 +68,8 @@ def _combined(d: _Draw) -> Task:
             if part.prepare:
                 part.prepare(r, s)
     return Task("combined", text, first.lines + second.lines, model, first.pointers | second.pointers,
-                first.scratch + second.scratch, prepare)
+                first.scratch + second.scratch, prepare,
+                temporaries_free=first.temporaries_free and second.temporaries_free)
 
 
 CATEGORIES: dict[str, Callable[[_Draw], Task]] = {
@@ -128,6 +130,9 @@ def verify_tasks(tasks: list[Task], assembler="auto", states_per_task: int = 3, 
             continue
         keep_x = [XNUM[r] for r in INT_ABI if r not in task.scratch]
         keep_f = [FNUM[r] for r in FP_ABI if r not in task.scratch]
+        # The temporaries a row adds to its scratch (Task.answer_scratch) must be ones the
+        # request leaves alone; else a wrong answer could leave them wrong and still score.
+        added = [r for r in task.answer_scratch if r not in task.scratch]
         for _k in range(states_per_task):
             start = State([0] + [random_register_value(rng) for _ in range(31)],
                           [random_fp_value(rng) for _ in range(32)], bytearray(rng.randbytes(DATA_SIZE)), DATA_BASE)
@@ -150,6 +155,9 @@ def verify_tasks(tasks: list[Task], assembler="auto", states_per_task: int = 3, 
                 problem = f"{FP_ABI[bad]} is {got_f[bad]:#x}, the request implies {want.f[bad]:#x}"
             elif (end.memory or bytes(start.mem)) != bytes(want.mem):
                 problem = "memory differs from the model"
+            elif any((want.x[XNUM[r]] != start.x[XNUM[r]]) if r in XNUM else (want.f[FNUM[r]] != start.f[FNUM[r]])
+                     for r in added):
+                problem = "the request changes a temporary it does not name, so its scratch would hide a wrong answer"
             if problem:
                 failures.append(f"[{task.category}] {task.instructions!r} ({task.description!r}): {problem}")
                 break

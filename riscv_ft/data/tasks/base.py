@@ -5,6 +5,7 @@ its underscore names are private to riscv_ft.data.tasks)."""
 from __future__ import annotations
 
 import random
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +21,7 @@ INT_REGS = [f"a{i}" for i in range(8)] + [f"t{i}" for i in range(7)] + ["s0"] + 
 TEMPS = [f"t{i}" for i in range(7)]
 FP_REGS = [f"fa{i}" for i in range(8)] + [f"ft{i}" for i in range(12)] + [f"fs{i}" for i in range(12)]
 FP_TEMPS = [f"ft{i}" for i in range(12)]
+_FP_REGISTER = re.compile(r"\bf[ast]\d+\b")
 XNUM = {name: i for i, name in enumerate(INT_ABI)}
 XNUM["fp"] = 8
 FNUM = {name: i for i, name in enumerate(FP_ABI)}
@@ -121,14 +123,30 @@ class Task:
     scratch: list[str] = field(default_factory=list)
     prepare: Callable[[random.Random, State], None] | None = None  # puts the task's inputs in place
     style: str = ""  # how the request is phrased: imperative, question, c, terse
+    # False where the request forbids other registers ("swap them without a temporary").
+    temporaries_free: bool = True
 
     @property
     def instructions(self) -> str:
         return "\n".join(self.lines)
 
+    @property
+    def answer_scratch(self) -> list[str]:
+        """The registers an answer may leave changed, declared as the user-style evaluation set
+        declares them: where the request names a temporary to use or forbids others, only the
+        scratch ones; else every temporary the request does not name (t0-t6, and ft0-ft11 for an
+        FP answer), since a person who names no temporary accepts any. Narrower (the reference's own temporaries
+        alone), GRPO scored a right answer that used t5 instead of t1 as wrong (NOTES 16)."""
+        def named(reg: str) -> bool:
+            return re.search(rf"\b{reg}\b", self.description, re.IGNORECASE) is not None
+        if not self.temporaries_free or any(named(reg) for reg in self.scratch):
+            return list(self.scratch)
+        free = TEMPS + (FP_TEMPS if _FP_REGISTER.search(self.instructions) else [])
+        return list(self.scratch) + [reg for reg in free if reg not in self.scratch and not named(reg)]
+
     def row(self) -> dict:
         return {"description": self.description, "instructions": self.instructions,
-                "category": self.category, "scratch": list(self.scratch)}
+                "category": self.category, "scratch": self.answer_scratch}
 
 
 # ------------------------------------------------------------------ drawing helpers

@@ -380,7 +380,8 @@ def _move(d: _Draw) -> Task:
 
         def model(s: State) -> None:
             s[a], s[b] = s[b], s[a]
-        return Task("move", text, [f"xor {a}, {a}, {b}", f"xor {b}, {a}, {b}", f"xor {a}, {a}, {b}"], model)
+        return Task("move", text, [f"xor {a}, {a}, {b}", f"xor {b}, {a}, {b}", f"xor {a}, {a}, {b}"], model,
+                    temporaries_free=False)
     # kind 2: rotate three registers
     a, b, c = d.regs(3)
     t = d.temp()
