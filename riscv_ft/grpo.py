@@ -152,8 +152,8 @@ def scorer_rewards(rows: list[dict], weights: RewardWeights, assembler: str = "a
 
 
 def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
-    """{description, reference, scratch} prompts: the training split's assembly-class rows,
-    grpo.synthetic_prompts verified synthetic tasks and grpo.task_prompts verified multi-instruction
+    """{description, reference, scratch} prompts: the training split's assembly-class rows (unless
+    grpo.split_prompts=false), grpo.synthetic_prompts verified synthetic tasks and grpo.task_prompts verified multi-instruction
     tasks, minus any description of an evaluation set (the valid and test splits, the user-style
     prompts)."""
     from riscv_ft.data.user_prompts import load_user_prompts
@@ -161,7 +161,7 @@ def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
 
     held_out = {r["description"] for name in ("valid", "test") for r in splits.get(name, [])}
     held_out |= {r["description"] for r in load_user_prompts()}
-    rows = [r for r in splits["train"] if classify(r["instructions"]) == "assembly"]
+    rows = [r for r in splits["train"] if classify(r["instructions"]) == "assembly"] if cfg.grpo.split_prompts else []
     if cfg.grpo.synthetic_prompts:
         from riscv_ft.data.synthetic import synthetic_rows
 
@@ -182,8 +182,9 @@ def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
                 prompt["scratch"] = list(r["scratch"])  # registers the answer may clobber, as in the evaluation
             prompts.append(prompt)
     if not prompts:
-        raise ConfigError("trainer.objective=grpo: no prompts (the training split has no assembly-class rows and "
-                          "grpo.synthetic_prompts=0, grpo.task_prompts=0); set either to a positive number")
+        raise ConfigError("trainer.objective=grpo: no prompts (no assembly-class rows of the training split"
+                          f"{'' if cfg.grpo.split_prompts else ' with grpo.split_prompts=false'}, "
+                          "grpo.synthetic_prompts=0, grpo.task_prompts=0); set either count to a positive number")
     return prompts
 
 

@@ -130,6 +130,11 @@ def test_prompts_are_assembly_rows_and_synthetic_tasks_never_evaluation_rows():
     assert "What does add do?" not in descriptions and "held out in test" not in descriptions
     assert "Put the sum of a1 and a2 into a0." not in descriptions
     assert len(prompts) == 1 + 12  # the synthetic tasks (verified by the assembler and emulator)
+    cfg.grpo.split_prompts = False  # the generated tasks alone
+    assert [p["description"] for p in grpo_prompts(splits, cfg)] == descriptions[1:]
+    cfg.grpo.synthetic_prompts = 0
+    with pytest.raises(ConfigError, match="no prompts .*grpo.split_prompts=false"):
+        grpo_prompts(splits, cfg)
 
 
 def test_task_prompts_are_multi_instruction_tasks_whose_scratch_registers_the_reward_honours():
