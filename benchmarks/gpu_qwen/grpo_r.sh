@@ -1,15 +1,16 @@
 # GRPO from the better SFT run of sft_r.sh (user-style multi-instruction functional, greedy),
-# KL to the adapters it starts from, prompts: verified multi-instruction tasks + train assembly rows.
+# KL to the adapters it starts from, prompts: verified multi-instruction tasks only (NOTES 16: the
+# training rows were 95% right already). BEST=RUN_NAME picks the SFT run; ITERS=N the steps.
 set -uo pipefail
 export PATH=/root/tools:$PATH
 RUNS=/root/runsR; ITERS=${ITERS:-120}
-BEST=$(python - <<'PY'
+BEST=${BEST:-$(python - <<'PY'
 import json, pathlib
 best = max((json.loads(p.read_text()).get("eval_user_multi_functional_rate") or 0, p.parent.name)
            for p in pathlib.Path("/root/runsR").glob("r_2*/metrics.json"))
 print(best[1])
 PY
-)
+)}
 echo "GRPO from $BEST"
 name=r_grpo
 if [ -f $RUNS/$name/config.yaml ] && [ ! -f $RUNS/$name/metrics.json ]; then
@@ -19,7 +20,7 @@ elif [ ! -f $RUNS/$name/metrics.json ]; then
     model.dtype=bfloat16 data.path=.gpu/data/train.jsonl tracking.offline=true tracking.experiment_name=qwen-r run_name=$name \
     eval.num_rows=-1 eval.decode=verify eval.max_tokens=128 eval.baseline=false trainer.iters=$ITERS \
     trainer.eval_every=0 trainer.save_every=20 trainer.report_every=2 grpo.samples_every=10 \
-    grpo.init_adapters=$RUNS/$BEST/adapters grpo.kl_reference=init grpo.task_prompts=3000 grpo.synthetic_prompts=0 \
+    grpo.init_adapters=$RUNS/$BEST/adapters grpo.kl_reference=init grpo.task_prompts=3000 grpo.synthetic_prompts=0 grpo.split_prompts=false \
     grpo.max_tokens=96 hydra.run.dir=$RUNS/$name > $RUNS/$name.log 2>&1 &
   P=$!
   ( while sleep 45; do echo "[$SECONDS s] $(grep -E 'step|answer|held-out' $RUNS/$name.log | tail -1 | cut -c1-180)"; done ) &
