@@ -89,6 +89,12 @@ def test_a_request_that_names_no_temporary_lets_the_answer_use_any_as_the_evalua
     swap = ["mv t0, a0", "mv a0, a1", "mv a1, t0"]
     named = Task("move", "swap a0 and a1, using t0 as a temporary", swap, lambda s: None, scratch=["t0"])
     assert named.row()["scratch"] == ["t0"]
+    # A third of the generated tasks with temporaries name them, and then allow those alone.
+    drawn = [t for t in draw_tasks(300, seed=9) if t.scratch and t.temporaries_free]
+    naming = [t for t in drawn if all(re.search(rf"\b{r}\b", t.description) for r in t.scratch)]
+    assert 0.2 * len(drawn) <= len(naming) <= 0.5 * len(drawn)
+    assert all(t.row()["scratch"] == t.scratch for t in naming)
+    assert {t.style for t in naming} == {"imperative", "question", "c", "terse"}
     xor_swaps = [t for t in draw_tasks(150, seed=2, categories=["move"]) if t.lines[0].startswith("xor")]
     assert xor_swaps and all(t.row()["scratch"] == [] for t in xor_swaps)
     # The widening is checked: a request whose model changes a temporary it does not name is refused.

@@ -29,6 +29,7 @@ raises VerificationError instead of becoming training data. Output is determinis
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from typing import Callable
@@ -101,8 +102,38 @@ def draw_tasks(num: int, seed: int, categories: list[str] | None = None) -> list
         else:
             raise VerificationError(f"could not draw a new {names[(start + len(tasks)) % len(names)]} task")
         seen.add(task.description)
+        # Its own generator, so naming the temporaries leaves every other draw as it was.
+        named = _name_temporaries(task, random.Random(f"{seed}-temporaries-{len(tasks)}"))
+        if named.description not in seen and len(named.description.split()) <= MAX_WORDS:
+            task = named
+            seen.add(task.description)
         tasks.append(task)
     return tasks
+
+
+NAMED_TEMPORARIES_SHARE = 1 / 3
+
+
+def _name_temporaries(task: Task, rng: random.Random) -> Task:
+    """A third of the tasks with temporaries say which to use ("..., using t3 as a temporary"),
+    as people often do. The SFT models ignored such requests (NOTES 16: "Swap a0 and a1 using
+    t0" answered through t3) because no generated request ever named one; a request that names
+    its temporaries lets the answer change those alone (Task.answer_scratch)."""
+    temps = [reg for reg in task.scratch if not re.search(rf"\b{reg}\b", task.description)]
+    if not temps or not task.temporaries_free or rng.random() >= NAMED_TEMPORARIES_SHARE:
+        return task
+    listed = temps[0] if len(temps) == 1 else ", ".join(temps[:-1]) + " and " + temps[-1]
+    many = len(temps) > 1
+    text = task.description.rstrip()
+    if task.style == "c":
+        note = f"{'temporaries' if many else 'temporary'}: {listed}"
+        return dataclasses.replace(task, description=f"{text}, {note}" if "//" in text else f"{text} // {note}")
+    if task.style == "terse":
+        return dataclasses.replace(task, description=rng.choice([f"{text} (scratch {listed})", f"{text}; tmp {listed}"]))
+    end = text[-1] if text[-1] in ".?" else ""
+    phrase = rng.choice([f", using {listed} as {'temporaries' if many else 'a temporary'}",
+                         f" (use {listed} for intermediate values)", f", with {listed} as scratch"])
+    return dataclasses.replace(task, description=text[: len(text) - len(end)] + phrase + end)
 
 
 # ------------------------------------------------------------------ verification
