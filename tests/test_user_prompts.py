@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -50,6 +51,27 @@ def test_the_set_is_large_tagged_and_every_multi_instruction_prompt_has_an_alter
     # figures on them stay comparable with earlier runs
     first = json.dumps([[r["description"], r["instructions"]] for r in rows[:62]]).encode()
     assert hashlib.sha256(first).hexdigest() == "f4d672203ecd28bb17dc99ca20fd00543a1230b0818a6facfc8705321c514ff6"
+
+
+def test_every_prompt_declares_its_scratch_registers_by_one_rule():
+    """A request that names no temporary accepts any: its scratch holds every temporary it does
+    not name (t0-t6, and ft0-ft11 where the reference uses FP registers). Only a request that
+    names the temporary to use, or forbids others, declares fewer; the generated tasks follow
+    the same rule (riscv_ft.data.tasks Task.answer_scratch)."""
+    temporaries = [f"t{i}" for i in range(7)]
+    fp_temporaries = [f"ft{i}" for i in range(12)]
+    narrow = []
+    for r in _rows():
+        text, declared = r["description"], r.get("scratch") or []
+        def named(reg: str) -> bool:
+            return re.search(rf"\b{reg}\b", text, re.IGNORECASE) is not None
+        if any(named(reg) for reg in declared) or re.search(r"without touching|\buse t\d\b", text, re.IGNORECASE):
+            narrow.append(text)
+            continue
+        uses_fp = re.search(r"\bf[ast]\d+\b", r["instructions"])
+        free = [reg for reg in temporaries + (fp_temporaries if uses_fp else []) if not named(reg)]
+        assert set(free) <= set(declared), (text, sorted(set(free) - set(declared)))
+    assert 5 <= len(narrow) <= 15, narrow
 
 
 @needs_assembler
