@@ -370,7 +370,6 @@ def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: flo
 
 def lower_options(cfg: DictConfig) -> list[tuple[str, object, float]]:
     """(key, smaller value, estimate with it) for the batch size, the LoRA rank and the longest sample."""
-    t = cfg.trainer
     options = [("trainer.batch_size", 1)]
     if cfg.lora.fine_tune_type != "full":
         options.append(("lora.rank", max(cfg.lora.rank // 2, 1)))

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
-import pytest
 
 from riscv_ft.checkpoint import latest_checkpoint
 from riscv_ft.cli import compose

@@ -17,7 +17,7 @@ from tests.test_tracking import FAST, QUIET, Sweep, _hydra_config
 def _sweep_with_a_finished_best_job(tmp_path, name: str):
     """A sweep callback started (its parent run), with one FINISHED child that has the sweep
     metric and an MLflow model: what `_finish` would register as models:/riscv-asm@best."""
-    from riscv_ft.tracking import store, sweep_runs
+    from riscv_ft.tracking import store
     from riscv_ft.sweep import MlflowSweepCallback
 
     config = _hydra_config(CONF_DIR, ["experiment=smoke", f"hydra.sweep.dir={tmp_path / name}"])
@@ -38,7 +38,7 @@ def test_a_killed_sweep_does_not_move_best_and_a_finished_one_does(tmp_path, mon
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from riscv_ft.tracking import store, sweep_runs
+    from riscv_ft.tracking import store
 
     monkeypatch.setenv("RISCV_FT_MLRUNS", str(tmp_path / "mlruns"))
     monkeypatch.delenv(store.PARENT_ENV, raising=False)

@@ -235,9 +235,8 @@ def test_the_model_goes_through_the_outbox_and_reaches_the_store_with_push(tmp_p
     pushed = _push(run_dir, "--uri", uri)
     assert pushed.returncode == 0 and "sent 2 tracking calls" in pushed.stdout, pushed.stderr[-2000:]
     model_uri = mlflow_client.get_run(run_id).data.tags["riscv_ft.model_uri"]
-    assert mlflow.pyfunc.load_model(model_uri.replace("models:/", f"models:/") if False else
-                                    mlflow_client.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
-                                    ).predict(["x"]) == ["x"]
+    logged = mlflow_client.get_logged_model(model_uri.removeprefix("models:/"))
+    assert mlflow.pyfunc.load_model(logged.artifact_location).predict(["x"]) == ["x"]
 
 
 class _Echo(__import__("mlflow").pyfunc.PythonModel):

@@ -149,7 +149,7 @@ def _bitfield(d: _Draw) -> Task:
         same = rng.random() < 0.5
         if same:
             dst = a
-        where = f"" if same else f", result in {dst}"
+        where = "" if same else f", result in {dst}"
         text = d.say(imperative=[f"{what} bit {n} of {a}{where}", f"{what} bit number {n} in {a}{where}"],
                      question=[f"How do I {what} bit {n} of {a}{where}?"],
                      c=[f"{dst} = {a} {'|' if what == 'set' else '&' if what == 'clear' else '^'} "
