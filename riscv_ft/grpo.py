@@ -153,9 +153,9 @@ def scorer_rewards(rows: list[dict], weights: RewardWeights, assembler: str = "a
 
 def grpo_prompts(splits: dict[str, list[dict]], cfg: DictConfig) -> list[dict]:
     """{description, reference, scratch} prompts: the training split's assembly-class rows (unless
-    grpo.split_prompts=false), grpo.synthetic_prompts verified synthetic tasks and grpo.task_prompts verified multi-instruction
-    tasks, minus any description of an evaluation set (the valid and test splits, the user-style
-    prompts)."""
+    grpo.split_prompts=false), grpo.synthetic_prompts verified synthetic tasks and
+    grpo.task_prompts verified multi-instruction tasks, minus any description of an evaluation set
+    (the valid and test splits, the user-style prompts)."""
     from riscv_ft.data.user_prompts import load_user_prompts
     from riscv_ft.rv.reference import classify
 

@@ -119,7 +119,7 @@ def _name_temporaries(task: Task, rng: random.Random) -> Task:
     as people often do. The SFT models ignored such requests (NOTES 16: "Swap a0 and a1 using
     t0" answered through t3) because no generated request ever named one; a request that names
     its temporaries lets the answer change those alone (Task.answer_scratch)."""
-    temps = [reg for reg in task.scratch if not re.search(rf"\b{reg}\b", task.description)]
+    temps = [reg for reg in task.scratch if not task.names(reg)]
     if not temps or not task.temporaries_free or rng.random() >= NAMED_TEMPORARIES_SHARE:
         return task
     listed = temps[0] if len(temps) == 1 else ", ".join(temps[:-1]) + " and " + temps[-1]

@@ -130,19 +130,22 @@ class Task:
     def instructions(self) -> str:
         return "\n".join(self.lines)
 
+    def names(self, reg: str) -> bool:
+        """Whether the request mentions this register ("T3 should be ..." counts)."""
+        return re.search(rf"\b{reg}\b", self.description, re.IGNORECASE) is not None
+
     @property
     def answer_scratch(self) -> list[str]:
         """The registers an answer may leave changed, declared as the user-style evaluation set
         declares them: where the request names a temporary to use or forbids others, only the
-        scratch ones; else every temporary the request does not name (t0-t6, and ft0-ft11 for an
-        FP answer), since a person who names no temporary accepts any. Narrower (the reference's own temporaries
-        alone), GRPO scored a right answer that used t5 instead of t1 as wrong (NOTES 16)."""
-        def named(reg: str) -> bool:
-            return re.search(rf"\b{reg}\b", self.description, re.IGNORECASE) is not None
-        if not self.temporaries_free or any(named(reg) for reg in self.scratch):
+        scratch ones; else every temporary the request does not name (t0-t6, and ft0-ft11 for
+        an FP answer), since a person who names no temporary accepts any. Narrower (the
+        reference's own temporaries alone), GRPO scored a right answer that used t5 instead of
+        t1 as wrong (NOTES 16)."""
+        if not self.temporaries_free or any(self.names(reg) for reg in self.scratch):
             return list(self.scratch)
         free = TEMPS + (FP_TEMPS if _FP_REGISTER.search(self.instructions) else [])
-        return list(self.scratch) + [reg for reg in free if reg not in self.scratch and not named(reg)]
+        return list(self.scratch) + [reg for reg in free if reg not in self.scratch and not self.names(reg)]
 
     def row(self) -> dict:
         return {"description": self.description, "instructions": self.instructions,
