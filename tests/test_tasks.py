@@ -45,6 +45,9 @@ def test_each_category_yields_rows_that_verify(category):
     assert not used & NOT_RV64GC, used & NOT_RV64GC
     if category == "fp":  # named with their f forms, single and double
         assert {"flw", "fsw", "fld", "fsd", "fadd.s", "fadd.d", "fcvt.w.s", "fcvt.d.s"} <= used, used
+        # and what RV64GC lacks spelled out: no FP immediates (li + fcvt), rounding to a long,
+        # an int sum converted, a value in memory compared
+        assert {"li", "fcvt.l.s", "fcvt.l.d", "addw", "subw", "flt.s", "flt.d"} <= used, used
 
 
 @needs_assembler

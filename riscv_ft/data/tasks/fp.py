@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from riscv_ft.data.tasks.base import _Draw, f32, s32, State, Task
+from riscv_ft.data.tasks.base import MASK, _Draw, f32, s32, State, Task
 
 
 # ------------------------------------------------------------------ floating point
@@ -22,7 +22,7 @@ def _fp(d: _Draw) -> Task:
     ops = {"add": ("fadd", "+", lambda x, y: x + y), "sub": ("fsub", "-", lambda x, y: x - y),
            "mul": ("fmul", "*", lambda x, y: x * y), "div": ("fdiv", "/", lambda x, y: x / y)}
     word, (mn, sym, fn) = rng.choice(sorted(ops.items()))
-    kind = rng.randrange(5)
+    kind = rng.randrange(9)
     if kind == 0:  # load two values, operate, store
         p = d.reg()
         o1, o2, o3 = (size * k for k in rng.sample(range(0, 8), 3))
@@ -98,6 +98,74 @@ def _fp(d: _Draw) -> Task:
             s.store_f(s[p] + off, r.uniform(-1e4, 1e4), True)
         return Task("fp", text, [f"fld {t}, {off}({p})", f"fcvt.s.d {t}, {t}", f"fsw {t}, {off}({p})"],
                     lambda s: s.store_f(s[p] + off, f32(s.load_f(s[p] + off, True)), False), {p}, [t], prepare)
+    if kind == 5:  # an FP register and a small integer constant: RV64GC has no FP immediates
+        dst, x = d.freg(), d.freg()
+        t, ft = d.temp(), d.ftemp()
+        k = rng.randint(2, 12)
+        get, put = (State.fd, State.set_fd) if double else (State.fs, State.set_fs)
+        verb = {"add": f"add {k} to", "sub": f"subtract {k} from", "mul": f"scale by {k}", "div": f"divide by {k}"}[word]
+        text = d.say(c=[f"{dst} = {x} {sym} {k};  // {ctype}"], imperative=[f"{verb} the {ctype} {x}, result in {dst}"],
+                     question=[f"How do I {verb} the {ctype} in {x} and put it in {dst}?"],
+                     terse=[f"{dst} = {x} {sym} {k}.0 ({name})"])
+
+        def prepare(r: random.Random, s: State) -> None:
+            put(s, x, rnd(_fp_value(r)))
+        return Task("fp", text, [f"li {t}, {k}", f"fcvt.{sfx}.w {ft}, {t}", f"{mn}.{sfx} {dst}, {x}, {ft}"],
+                    lambda s: put(s, dst, rnd(fn(get(s, x), float(k)))), set(), [t, ft], prepare)
+    if kind == 6:  # integer arithmetic, then to FP
+        dst = d.freg()
+        a, b = d.regs(2)
+        t = d.temp()
+        isym, iop, iword = rng.choice([("+", "addw", "sum"), ("-", "subw", "difference")])
+        put = State.set_fd if double else State.set_fs
+        text = d.say(c=[f"{dst} = ({ctype})(int)({a} {isym} {b});"],
+                     imperative=[f"take the 32-bit {iword} {a} {isym} {b} and convert it to a {ctype} in {dst}"],
+                     question=[f"How do I get the int {iword} of {a} and {b} as a {ctype} in {dst}?"],
+                     terse=[f"{dst} <- {ctype}({a} {isym} {b}), ints"])
+
+        def model(s: State) -> None:
+            v = s32((s[a] + s[b]) if isym == "+" else (s[a] - s[b]))
+            put(s, dst, rnd(float(v)))
+        return Task("fp", text, [f"{iop} {t}, {a}, {b}", f"fcvt.{sfx}.w {dst}, {t}"], model, set(), [t])
+    if kind == 7:  # round to the nearest integer (ties to even), store it as a 64-bit integer
+        x = d.freg()
+        p = d.reg()
+        t = d.temp()
+        off = 8 * rng.randint(0, 8)
+        get, put = (State.fd, State.set_fd) if double else (State.fs, State.set_fs)
+        text = d.say(c=[f"*(long *)({p} + {off}) = lrint({x});  // {ctype}, round half to even"],
+                     imperative=[f"round the {ctype} {x} to a whole number (halves to even) and write it as a 64-bit int at {off}({p})"],
+                     question=[f"How do I store {x} rounded to the nearest long (ties to even) at {p}+{off}?"],
+                     terse=[f"mem64[{p}+{off}] = round_even({x}) ({name})"])
+
+        def prepare(r: random.Random, s: State) -> None:
+            put(s, x, rnd(r.choice([_fp_value(r), r.randint(-300, 300) + 0.5])))
+        return Task("fp", text, [f"fcvt.l.{sfx} {t}, {x}, rne", f"sd {t}, {off}({p})"],
+                    lambda s: s.store(s[p] + off, 8, round(get(s, x)) & MASK), {p}, [t], prepare)
+    if kind == 8:  # compare an FP register with a value in memory
+        x = d.freg()
+        a, p = d.regs(2)
+        ft = d.ftemp()
+        off = size * rng.randint(0, 8)
+        get, put = (State.fd, State.set_fd) if double else (State.fs, State.set_fs)
+        bigger = rng.random() < 0.5
+        rel = ">" if bigger else "<"
+        text = d.say(c=[f"{a} = ((({ctype} *){p})[{off // size}] {rel} {x});"],
+                     imperative=[f"set {a} to 1 when the {ctype} stored {off} bytes past {p} is {'above' if bigger else 'below'} "
+                                 f"{x}, else 0"],
+                     question=[f"How can I test whether the {ctype} at {off}({p}) is {'more' if bigger else 'less'} than {x}, "
+                               f"0/1 in {a}?"],
+                     terse=[f"{a} = mem{ctype}[{p}+{off}] {rel} {x}"])
+
+        def prepare(r: random.Random, s: State) -> None:
+            put(s, x, rnd(_fp_value(r)))
+            s.store_f(s[p] + off, r.choice([_fp_value(r), get(s, x)]), double)
+
+        def model(s: State) -> None:
+            m = s.load_f(s[p] + off, double)
+            s[a] = int(m > get(s, x)) if bigger else int(m < get(s, x))
+        compare = f"flt.{sfx} {a}, {x}, {ft}" if bigger else f"flt.{sfx} {a}, {ft}, {x}"
+        return Task("fp", text, [f"{ld_} {ft}, {off}({p})", compare], model, {p}, [ft], prepare)
     # kind 4: max / abs / compare on FP registers
     dst, x, y = d.freg(), d.freg(), d.freg()
     get, put = (State.fd, State.set_fd) if double else (State.fs, State.set_fs)
