@@ -210,4 +210,6 @@ def _stack(d: _Draw) -> Task:
         s[body_reg] = s[a] + s[b]
         s["a0"] = s[body_reg]
         pop_model(s)
-    return Task("stack", text, push + [f"add {body_reg}, {a}, {b}", f"mv a0, {body_reg}"] + pop, model, {"sp"})
+    # The request names its temporary (saved and restored, so not scratch): no other may change.
+    return Task("stack", text, push + [f"add {body_reg}, {a}, {b}", f"mv a0, {body_reg}"] + pop, model, {"sp"},
+                temporaries_free=False)
