@@ -14,6 +14,7 @@ from riscv_ft.data import mixing
 from riscv_ft.data.mixing import masked_tokens, near_copies, user_style_rows
 from riscv_ft.data.synthetic import synthetic_rows
 from riscv_ft.data.tasks import task_rows
+from riscv_ft.data.tasks.base import FP_TEMPS, TEMPS
 from riscv_ft.rv.assembler import available_assemblers
 from riscv_ft.data.user_prompts import USER_PROMPTS, load_user_prompts
 from riscv_ft.evaluate.model_eval import answer_rows
@@ -58,8 +59,6 @@ def test_every_prompt_declares_its_scratch_registers_by_one_rule():
     not name (t0-t6, and ft0-ft11 where the reference uses FP registers). Only a request that
     names the temporary to use, or forbids others, declares fewer; the generated tasks follow
     the same rule (riscv_ft.data.tasks Task.answer_scratch)."""
-    temporaries = [f"t{i}" for i in range(7)]
-    fp_temporaries = [f"ft{i}" for i in range(12)]
     narrow = []
     for r in _rows():
         text, declared = r["description"], r.get("scratch") or []
@@ -69,7 +68,7 @@ def test_every_prompt_declares_its_scratch_registers_by_one_rule():
             narrow.append(text)
             continue
         uses_fp = re.search(r"\bf[ast]\d+\b", r["instructions"])
-        free = [reg for reg in temporaries + (fp_temporaries if uses_fp else []) if not named(reg)]
+        free = [reg for reg in TEMPS + (FP_TEMPS if uses_fp else []) if not named(reg)]
         assert set(free) <= set(declared), (text, sorted(set(free) - set(declared)))
     assert 5 <= len(narrow) <= 15, narrow
 
