@@ -281,6 +281,10 @@ class GrpoConfig:
     # (the adapters GRPO started from, grpo.init_adapters; one copy of the trainable weights). From
     # SFT adapters, base sits far away (KL about 2 per token measured, NOTES 14) and pulls back.
     kl_reference: str = "base"
+    # Dynamic sampling (DAPO): sample this many times prompts_per_step prompts a step, in one
+    # batch, and train on the first prompts_per_step groups whose answers earn different rewards
+    # (the others have zero advantages). 1: every sampled group is trained (plain GRPO).
+    oversample: int = 1
     # Optimizer steps on each sampled batch (1: the ratio is 1 and the clip never acts).
     updates_per_batch: int = 1
     # Reward of an answer: functional (same end state as the reference in the emulator), else
@@ -388,6 +392,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("grpo.beta", lambda v: 0.0 <= v and math.isfinite(v), "a number >= 0 (0: no KL penalty)"),
     ("grpo.kl_reference", lambda v: v in ("base", "init"), "base (adapters off) or init (the adapters GRPO starts from)"),
     ("grpo.updates_per_batch", lambda v: v >= 1, "an integer >= 1"),
+    ("grpo.oversample", lambda v: v >= 1, "an integer >= 1 (1: no dynamic sampling)"),
     ("grpo.reward_functional", math.isfinite, "a finite number"),
     ("grpo.reward_assembles", math.isfinite, "a finite number"),
     ("grpo.reward_other", math.isfinite, "a finite number"),

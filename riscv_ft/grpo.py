@@ -312,9 +312,10 @@ class GrpoTrainer(Trainer):
         self._grpo_grad, self._grpo_apply, self._logprobs = grad_step, apply_step, logprobs
 
     def step_prompts(self, step: int) -> list[dict]:
-        """This process's share of step `step`'s prompts: a seeded permutation per pass over the
-        pool, a function of (seed, step) alone so a resumed run takes the same prompts."""
-        total, n = self.grpo.prompts_per_step, len(self.prompts)
+        """This process's share of step `step`'s prompts (prompts_per_step x grpo.oversample in all):
+        a seeded permutation per pass over the pool, a function of (seed, step) alone so a resumed
+        run takes the same prompts."""
+        total, n = self.grpo.prompts_per_step * self.grpo.oversample, len(self.prompts)
         chosen = []
         for k in range((step - 1) * total, step * total):
             epoch = k // n
@@ -322,9 +323,18 @@ class GrpoTrainer(Trainer):
             chosen.append(self.prompts[int(order[k % n])])
         return chosen[distributed.rank():: distributed.world_size()]
 
-    def sample_step(self, step: int) -> tuple[list[dict], list[list[int]]]:
-        """Sample and reward this process's groups: answer rows (prompt-major, group_size per
-        prompt) and the prompt token ids per row."""
+    def sample_step(self, step: int) -> tuple[list[dict], list[dict], list[list[int]]]:
+        """Sample and reward this process's groups for step `step`. Returns every sampled answer
+        row (prompt-major, group_size per prompt, each marked `trained`), and the rows to train on
+        with their prompt token ids.
+
+        With grpo.oversample = m > 1 this is DAPO's dynamic sampling, in one batch: m times the
+        prompts are sampled and only groups whose answers earn different rewards are trained on,
+        the first prompts_per_step of them (fewer where fewer are found), since a group of equal
+        rewards has zero advantages and teaches nothing but the KL term. NOTES 17: from SFT adapters
+        18 of 20 task groups were all right or all wrong, so plain GRPO learnt from about one group
+        a step. One batch, not rounds until enough are found: a decoding step costs about the same
+        at 64 answers as at 256 on a GPU, so rounds would multiply the sampling time."""
         g, tokenizer = self.grpo, self.tokenizer
         prompts = self.step_prompts(step)
         encoded = [tokenizer.encode(prompt_text(p["description"], tokenizer, self.prompt_format),
@@ -347,7 +357,17 @@ class GrpoTrainer(Trainer):
         rewards = np.array([r["reward"] for r in rows], dtype=np.float32).reshape(len(prompts), g.group_size)
         for row, advantage in zip(rows, group_advantages(rewards).reshape(-1)):
             row["advantage"] = float(advantage)
-        return rows, repeated
+        share = len(prompts) // g.oversample
+        groups = [range(k * g.group_size, (k + 1) * g.group_size) for k in range(len(prompts))]
+        if g.oversample > 1:
+            informative = [grp for grp in groups if len({rows[i]["reward"] for i in grp}) > 1]
+            # none found: the first share of groups (their advantages are zero: the KL term alone)
+            groups = informative[:share] or groups[:share]
+        trained = [i for grp in groups for i in grp]
+        chosen = set(trained)
+        for i, row in enumerate(rows):
+            row["trained"] = i in chosen
+        return rows, [rows[i] for i in trained], [repeated[i] for i in trained]
 
     def _micro_batches(self, rows: list[dict], prompt_ids: list[list[int]]) -> list[dict]:
         """The answers as training batches of trainer.batch_size sequences, with each answer's
@@ -405,9 +425,9 @@ class GrpoTrainer(Trainer):
         with _deferred_interrupts() as stop:
             for step in range(self.state.step + 1, cfg.iters + 1):
                 t_sample = time.perf_counter()
-                rows, prompt_ids = self.sample_step(step)
+                rows, train_rows, prompt_ids = self.sample_step(step)
                 sample_seconds = time.perf_counter() - t_sample
-                totals = self.train_on(rows, prompt_ids, step)
+                totals = self.train_on(train_rows, prompt_ids, step)
                 self.state.step = step
                 self._add(window, rows, totals, sample_seconds)
                 if self.samples_path is not None and g.samples_every and (step % g.samples_every == 0 or step == cfg.iters):
@@ -447,11 +467,12 @@ class GrpoTrainer(Trainer):
         # but the KL term (a base that never earns a reward never learns).
         local = [sum(r["reward"] for r in rows), sum(bool(r.get("functional")) for r in rows),
                  sum(bool(r.get("assembles")) for r in rows), len(rows), sum(len(r["answer_tokens"]) for r in rows),
-                 sum(r["stopped"] for r in rows), sum(len(v) > 1 for v in groups.values()), len(groups)]
+                 sum(r["stopped"] for r in rows), sum(len(v) > 1 for v in groups.values()), len(groups),
+                 sum(bool(r.get("trained", True)) for r in rows)]
         # Rewards are per process; the loss sums were already summed over processes.
         rewards = distributed.all_sum(mx.array(local, dtype=mx.float32)).tolist()
         for key, value in zip(("reward", "functional", "assembles", "answers", "tokens", "stopped", "informative", "groups",
-                               "loss", "ntok", "kl",
+                               "trained", "loss", "ntok", "kl",
                                "clipped", "sample_s", "steps"),
                               [*rewards, loss_sum, ntok, kl_sum, clipped, sample_seconds, 1]):
             window[key] = window.get(key, 0.0) + value
@@ -462,7 +483,11 @@ class GrpoTrainer(Trainer):
         return {"reward_mean": window["reward"] / answers, "functional_fraction": window["functional"] / answers,
                 "assembles_fraction": window["assembles"] / answers, "answer_length": window["tokens"] / answers,
                 "stopped_fraction": window["stopped"] / answers,
-                "informative_groups": window["informative"] / max(window["groups"], 1.0), "train_loss": window["loss"] / ntok, "kl": window["kl"] / ntok,
+                "informative_groups": window["informative"] / max(window["groups"], 1.0),
+                # answers sampled a step (more than prompts_per_step x group_size with sample_rounds > 1)
+                # and the share of them trained on
+                "sampled_answers": answers / window["steps"], "trained_fraction": window["trained"] / answers,
+                "train_loss": window["loss"] / ntok, "kl": window["kl"] / ntok,
                 "clip_fraction": window["clipped"] / ntok, "seconds_per_step": seconds / window["steps"],
                 "sampling_share": window["sample_s"] / max(seconds, 1e-9)}
 

@@ -172,6 +172,36 @@ def test_sampled_answers_carry_their_prompts_scratch_registers_to_the_reward():
     assert by_prompt == {"Add 5 to a1 into a0.": ["t0"], "Copy a1 to a0.": None} and len(seen) == 4
 
 
+def test_dynamic_sampling_trains_only_on_groups_whose_rewards_differ():
+    """grpo.oversample: m x prompts_per_step prompts sampled in one batch; uniform groups are
+    sampled (and reported) but not trained on, at most prompts_per_step informative ones are;
+    with none found the first prompts_per_step groups are (the KL term alone); oversample=1
+    trains every group."""
+    def run(oversample: int, varying: set):
+        cfg = compose(["experiment=smoke", "trainer.objective=grpo", "grpo.group_size=2", "grpo.prompts_per_step=2",
+                       "grpo.max_tokens=2", "lora.rank=4", f"grpo.oversample={oversample}"])
+        loaded = load_base(cfg.model)
+        apply_adapters(loaded.model, cfg.lora)
+        prompts = [{"description": f"Prompt {k}.", "reference": "nop"} for k in range(6)]
+        calls = []
+
+        def reward(rows):
+            calls.append(len(rows))
+            return [{"reward": float(i % 2) if r["description"] in varying else 0.5} for i, r in enumerate(rows)]
+        trainer = GrpoTrainer(loaded.model, loaded.tokenizer, cfg, prompts, reward_fn=reward)
+        return calls, *trainer.sample_step(1)
+
+    every = {f"Prompt {k}." for k in range(6)}
+    calls, sampled, trained, ids = run(3, varying={"Prompt 1.", "Prompt 3.", "Prompt 4."})
+    assert calls == [12] and len(sampled) == 12 and len(trained) == 4 == len(ids)  # one batch; two groups trained
+    assert all(len({r["reward"] for r in trained if r["group"] == g}) == 2 for g in {r["group"] for r in trained})
+    assert sum(r["trained"] for r in sampled) == 4
+    calls, sampled, trained, _ = run(3, varying=set())
+    assert trained == sampled[:4]
+    calls, sampled, trained, _ = run(1, varying=every)
+    assert calls == [4] and trained == sampled and all(r["trained"] for r in sampled)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.objective=ppo"], "trainer.objective='ppo' is not allowed: expected sft or grpo"),
     (["trainer.objective=grpo", "grpo.group_size=1"], "grpo.group_size=1 is not allowed"),

@@ -1,6 +1,8 @@
 # GRPO from the better SFT run of sft_r.sh (user-style multi-instruction functional, greedy),
 # KL to the adapters it starts from, prompts: verified multi-instruction tasks only (NOTES 16: the
-# training rows were 95% right already). BEST=RUN_NAME picks the SFT run; ITERS=N the steps.
+# training rows were 95% right already), sampled 4x over and trained on the groups whose rewards
+# differ (grpo.oversample, NOTES 17). BEST=RUN_NAME picks the SFT run; ITERS=N the steps;
+# OVERSAMPLE=1 is plain GRPO.
 set -uo pipefail
 export PATH=/root/tools:$PATH
 RUNS=/root/runsR; ITERS=${ITERS:-120}
@@ -20,7 +22,7 @@ elif [ ! -f $RUNS/$name/metrics.json ]; then
     model.dtype=bfloat16 data.path=.gpu/data/train.jsonl tracking.offline=true tracking.experiment_name=qwen-r run_name=$name \
     eval.num_rows=-1 eval.decode=verify eval.max_tokens=128 eval.baseline=false trainer.iters=$ITERS \
     trainer.eval_every=0 trainer.save_every=20 trainer.report_every=2 grpo.samples_every=10 \
-    grpo.init_adapters=$RUNS/$BEST/adapters grpo.kl_reference=init grpo.task_prompts=3000 grpo.synthetic_prompts=0 grpo.split_prompts=false \
+    grpo.init_adapters=$RUNS/$BEST/adapters grpo.kl_reference=init grpo.task_prompts=3000 grpo.synthetic_prompts=0 grpo.split_prompts=false grpo.oversample=${OVERSAMPLE:-4} \
     grpo.max_tokens=96 hydra.run.dir=$RUNS/$name > $RUNS/$name.log 2>&1 &
   P=$!
   ( while sleep 45; do echo "[$SECONDS s] $(grep -E 'step|answer|held-out' $RUNS/$name.log | tail -1 | cut -c1-180)"; done ) &

@@ -1,0 +1,10 @@
+# One call: SFT (sft_r.sh) and, once its last checkpoint is written, GRPO from it (grpo_r.sh)
+# beside the SFT evaluation. A call that runs out of time is repeated: both resume.
+set -uo pipefail
+bash benchmarks/gpu_qwen/sft_r.sh &
+S=$!
+until [ -d /root/runsR/r_2000/checkpoints/step-002000 ] || ! kill -0 $S 2>/dev/null; do sleep 5; done
+[ -d /root/runsR/r_2000/checkpoints/step-002000 ] && BEST=r_2000 ITERS=${ITERS:-80} bash benchmarks/gpu_qwen/grpo_r.sh &
+G=$!
+trap 'kill -TERM $S $G 2>/dev/null; wait' TERM
+wait $S $G
