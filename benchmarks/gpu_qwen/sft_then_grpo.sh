@@ -4,6 +4,7 @@ set -uo pipefail
 bash benchmarks/gpu_qwen/sft_r.sh &
 S=$!
 until [ -d /root/runsR/r_2000/checkpoints/step-002000 ] || ! kill -0 $S 2>/dev/null; do sleep 5; done
+sleep 15  # the adapters are written just after the checkpoint
 [ -d /root/runsR/r_2000/checkpoints/step-002000 ] && BEST=r_2000 ITERS=${ITERS:-80} bash benchmarks/gpu_qwen/grpo_r.sh &
 G=$!
 trap 'kill -TERM $S $G 2>/dev/null; wait' TERM
