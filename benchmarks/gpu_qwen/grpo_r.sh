@@ -15,6 +15,8 @@ PY
 )}
 echo "GRPO from $BEST"
 name=r_grpo
+# a run left going by an earlier call (its script got SIGTERM, its python did not): wait for it
+while pgrep -f "capped.py .*$RUNS/$name( |$)" > /dev/null; do sleep 5; done
 if [ -f $RUNS/$name/config.yaml ] && [ ! -f $RUNS/$name/metrics.json ]; then
   python benchmarks/gpu_qwen/capped.py 24 resume=$RUNS/$name >> $RUNS/$name.log 2>&1
 elif [ ! -f $RUNS/$name/metrics.json ]; then

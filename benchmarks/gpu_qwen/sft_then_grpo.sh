@@ -7,5 +7,6 @@ until [ -d /root/runsR/r_2000/checkpoints/step-002000 ] || ! kill -0 $S 2>/dev/n
 sleep 15  # the adapters are written just after the checkpoint
 [ -d /root/runsR/r_2000/checkpoints/step-002000 ] && BEST=r_2000 ITERS=${ITERS:-80} bash benchmarks/gpu_qwen/grpo_r.sh &
 G=$!
-trap 'kill -TERM $S $G 2>/dev/null; wait' TERM
+trap 'kill -TERM $S 2>/dev/null; wait $S' TERM  # sft_r.sh packs every run folder, GRPO's too
 wait $S $G
+(cd /root/runsR && tar czf $OUT/runsR.tgz --exclude='*.safetensors' --exclude='checkpoints' --exclude='adapters' .)
