@@ -107,18 +107,31 @@ def _load_store(d: _Draw) -> Task:
 
 
 def _memory_copy(d: _Draw) -> Task:
+    """Copy, clear or fill 1-5 elements of any size. The size and count come as people give them:
+    a count of elements, a count of bytes ("32 bytes ... a doubleword at a time"), a width
+    ("the 4-byte values") or a C index list; NOTES 17: the SFT model copied 3 doublewords for
+    "16 bytes", stored words for an 8-byte value and doublewords for a byte memset."""
     rng = d.rng
     kind = rng.randrange(3)
-    sfx = rng.choice("wd")
+    sfx = rng.choice("bhwdd" if kind else "wdd")  # byte and halfword copies are rare in requests
     size, name = _SIZES[sfx]
-    n = rng.randint(2, 5)
-    if kind == 0:  # copy n words from src to dst
+    n = rng.randint(1, 5)
+    nbytes = n * size
+    names = name if n == 1 else f"{name}s"
+    count = f"the {name}" if n == 1 else f"{n} {names}"
+    width = f"{size}-byte value" + ("" if n == 1 else "s")
+    indices = ", ".join(str(k) for k in range(n))
+    if kind == 0:  # copy n elements from src to dst
         dst, src = d.regs(2)
         t = d.temp()
-        text = d.say(imperative=[f"copy {n} {name}s from the buffer at {src} to the buffer at {dst}"],
-                     question=[f"How do I copy {n} {name}s from {src} to {dst} (no loop)?"],
-                     c=[f"for (i = 0; i < {n}; i++) {dst}[i] = {src}[i];  // {name}s, unrolled"],
-                     terse=[f"memcpy({dst}, {src}, {n * size}) with {name} moves"])
+        text = d.say(imperative=[f"copy {count} from the buffer at {src} to the buffer at {dst}",
+                                 f"copy {nbytes} bytes from {src} to {dst}, one {name} at a time",
+                                 f"duplicate the {width} at {src} into {dst}" if n == 1 else f"duplicate the {n} {width} at {src} into {dst}"],
+                     question=[f"How do I copy {count} from {src} to {dst} (no loop)?",
+                               f"What copies {nbytes} bytes from address {src} to address {dst} using {name} loads and stores?"],
+                     c=[f"for (i = 0; i < {n}; i++) {dst}[i] = {src}[i];  // {names}, unrolled",
+                        f"memcpy({dst}, {src}, {nbytes});  // {size}-byte elements"],
+                     terse=[f"memcpy({dst}, {src}, {nbytes}) with {name} moves", f"{src} -> {dst}: {nbytes} B via l{sfx}/s{sfx}"])
         lines = [line for k in range(n) for line in (f"l{sfx} {t}, {k * size}({src})", f"s{sfx} {t}, {k * size}({dst})")]
 
         def prepare(r: random.Random, s: State) -> None:  # the buffers do not overlap
@@ -128,24 +141,32 @@ def _memory_copy(d: _Draw) -> Task:
             for k in range(n):
                 s.store(s[dst] + k * size, size, s.load(s[src] + k * size, size))
         return Task("memory_copy", text, lines, model, {dst, src}, [t], prepare)
-    if kind == 1:  # clear n words
+    if kind == 1:  # clear n elements
         p = d.reg()
         off = size * rng.randint(0, 4)
         at = f"{p}+{off}" if off else p
-        text = d.say(imperative=[f"zero the {n} {name}s starting at {at}", f"clear {n} {name}s of memory at {off}({p})"],
-                     question=[f"How do I set {n} consecutive {name}s at {at} to zero?"],
-                     c=[f"memset({at}, 0, {n * size});"], terse=[f"clear {n}x{name} @ {at}"])
+        text = d.say(imperative=[f"zero {count} starting at {at}", f"clear {count} of memory at {off}({p})",
+                                 f"write zeros over {nbytes} bytes beginning at {at}, {name} by {name}"],
+                     question=[f"How do I set {count if n == 1 else f'{n} consecutive {names}'} at {at} to zero?",
+                               f"How can I clear the {nbytes} bytes at {at} with {name} stores?"],
+                     c=[f"memset({at}, 0, {nbytes});  // {name} stores", f"{p}[{indices}] = 0;  // {size}-byte elements"
+                        if not off else f"memset({at}, 0, {nbytes});"],
+                     terse=[f"clear {n}x{name} @ {at}", f"{nbytes} B of zeros @ {at} ({name}s)"])
         lines = [f"s{sfx} zero, {off + k * size}({p})" for k in range(n)]
 
         def model(s: State) -> None:
             for k in range(n):
                 s.store(s[p] + off + k * size, size, 0)
         return Task("memory_copy", text, lines, model, {p})
-    # kind 2: fill n words with a register's value
+    # kind 2: fill n elements with a register's value (its low bytes, for bytes and halfwords)
     p, v = d.regs(2)
-    text = d.say(imperative=[f"fill {n} {name}s at {p} with the value in {v}"],
-                 question=[f"How do I store {v} into the first {n} {name}s of the array at {p}?"],
-                 c=[f"{p}[0..{n - 1}] = {v};  // {name}s"], terse=[f"fill {n} {name}s @ {p} = {v}"])
+    low = f"the low {name} of {v}" if size < 8 else v
+    text = d.say(imperative=[f"fill {count} at {p} with {low}", f"store {low} into the {names} that cover the {nbytes} bytes at {p}"
+                             if size > 1 else f"set each of the {nbytes} bytes at {p} to the byte value in {v}"],
+                 question=[f"How do I store {low} into the first {count if n > 1 else name} of the array at {p}?"],
+                 c=[f"{p}[0..{n - 1}] = {v};  // {names}" if n > 1 else f"*{p} = {v};  // {name}",
+                    f"memset({p}, {v}, {nbytes});" if size == 1 else f"{p}[{indices}] = {v};  // {size}-byte elements"],
+                 terse=[f"fill {n} {names} @ {p} = {v}"])
     lines = [f"s{sfx} {v}, {k * size}({p})" for k in range(n)]
 
     def model(s: State) -> None:
