@@ -103,7 +103,7 @@ def _arith(d: _Draw) -> Task:
 def _bitfield(d: _Draw) -> Task:
     rng = d.rng
     dst, a = d.regs(2)
-    kind = rng.randrange(7)
+    kind = rng.randrange(8)
     if kind == 0:  # extract unsigned field [hi:lo]
         lo = rng.randint(0, 40)
         width = rng.randint(2, 20)
@@ -164,6 +164,27 @@ def _bitfield(d: _Draw) -> Task:
         lines = [f"li {t}, 1", f"slli {t}, {t}, {n}"] + ([f"not {t}, {t}"] if what == "clear" else []) + \
             [f"{op} {dst}, {a}, {t}"]
         return Task("bitfield", text, lines, lambda s: s.__setitem__(dst, fn(s[a])), scratch=[t])
+    if kind == 7:  # keep the low k bits, or clear them (round down to a multiple of 2^k): one andi when it fits
+        k = rng.randint(1, 16)
+        same = rng.random() < 0.5
+        if same:
+            dst = a
+        where = "" if same else f" into {dst}"
+        if rng.random() < 0.5:
+            low = (1 << k) - 1
+            text = d.say(imperative=[f"keep only the low {k} bits of {a}{where}", f"mask {a} down to its lowest {k} bits{where}"],
+                         question=[f"How do I zero every bit of {a} above bit {k - 1}{where}?"],
+                         c=[f"{dst} = {a} & {_hex(low)};", f"{dst} = {a} % {1 << k};  // unsigned"],
+                         terse=[f"{dst} = low {k} bits of {a}"])
+            lines = [f"andi {dst}, {a}, {low}"] if k <= 11 else [f"slli {dst}, {a}, {64 - k}", f"srli {dst}, {dst}, {64 - k}"]
+            return Task("bitfield", text, lines, lambda s: s.__setitem__(dst, s[a] & low))
+        text = d.say(imperative=[f"clear the low {k} bits of {a}{where}", f"round {a} down to a multiple of {1 << k}{where}",
+                                 f"align {a} down to a {1 << k}-byte boundary{where}"],
+                     question=[f"How do I round {a} down to a multiple of {1 << k}{where}?"],
+                     c=[f"{dst} = {a} & ~{_hex((1 << k) - 1)};", f"{dst} = {a} & -{1 << k};"],
+                     terse=[f"{dst} = {a} rounded down to {1 << k}"])
+        lines = [f"andi {dst}, {a}, {-(1 << k)}"] if k <= 11 else [f"srli {dst}, {a}, {k}", f"slli {dst}, {dst}, {k}"]
+        return Task("bitfield", text, lines, lambda s: s.__setitem__(dst, s[a] & ~((1 << k) - 1)))
     # kind 6: test bit n
     n = rng.randint(0, 63)
     text = d.say(imperative=[f"set {dst} to bit {n} of {a} (0 or 1)"],
