@@ -49,6 +49,13 @@ def test_each_category_yields_rows_that_verify(category):
         # an int sum converted, a value in memory compared
         assert {"li", "fcvt.l.s", "fcvt.l.d", "addw", "subw"} <= used, used
         assert any(t.lines[0].split()[0] in ("flw", "fld") and t.lines[-1].startswith("flt") for t in tasks)
+        # single instructions asked for by their effect (more draws: each is one in about 80)
+        one = {t.lines[0].split()[0] for t in draw_tasks(500, seed=11, categories=["fp"]) if len(t.lines) == 1}
+        assert {"fsqrt.s", "fsqrt.d", "fneg.d", "fmv.x.w", "fmv.x.d", "fcvt.d.l", "fcvt.s.wu"} <= one, one
+    if category == "bitfield":  # masks that fit an immediate: one andi
+        assert any(t.lines[0].startswith("andi") and len(t.lines) == 1 for t in tasks)
+    if category == "memory_copy":  # every width, counts also in bytes
+        assert {"sb", "sh", "sw", "sd"} <= used and any(" bytes" in t.description or " B " in t.description for t in tasks)
 
 
 @needs_assembler

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 
-from riscv_ft.data.tasks.base import MASK, _Draw, f32, s32, State, Task
+from riscv_ft.data.tasks.base import MASK, _Draw, f32, f32_bits, f64_bits, s32, s64, sext, State, Task
 
 
 # ------------------------------------------------------------------ floating point
@@ -22,7 +23,7 @@ def _fp(d: _Draw) -> Task:
     ops = {"add": ("fadd", "+", lambda x, y: x + y), "sub": ("fsub", "-", lambda x, y: x - y),
            "mul": ("fmul", "*", lambda x, y: x * y), "div": ("fdiv", "/", lambda x, y: x / y)}
     word, (mn, sym, fn) = rng.choice(sorted(ops.items()))
-    kind = rng.randrange(9)
+    kind = rng.randrange(10)
     if kind == 0:  # load two values, operate, store
         p = d.reg()
         o1, o2, o3 = (size * k for k in rng.sample(range(0, 8), 3))
@@ -166,6 +167,8 @@ def _fp(d: _Draw) -> Task:
             s[a] = int(m > get(s, x)) if bigger else int(m < get(s, x))
         compare = f"flt.{sfx} {a}, {x}, {ft}" if bigger else f"flt.{sfx} {a}, {ft}, {x}"
         return Task("fp", text, [f"{ld_} {ft}, {off}({p})", compare], model, {p}, [ft], prepare)
+    if kind == 9:  # one instruction asked for by what it does (NOTES 17: answers wrote shifts on fa0, fsgnj chains)
+        return _fp_one(d, double)
     # kind 4: max / abs / compare on FP registers
     dst, x, y = d.freg(), d.freg(), d.freg()
     get, put = (State.fd, State.set_fd) if double else (State.fs, State.set_fs)
@@ -191,3 +194,75 @@ def _fp(d: _Draw) -> Task:
                  question=[f"How do I get 1 in {a} when {x} >= {y} (not less), for {ctype}s?"])
     return Task("fp", text, [f"flt.{sfx} {a}, {x}, {y}", f"xori {a}, {a}, 1"],
                 lambda s: s.__setitem__(a, int(not get(s, x) < get(s, y))), set(), [], prepare)
+
+
+def _fp_one(d: _Draw, double: bool) -> Task:
+    """One F/D instruction named by its effect: square root, negation, absolute value, copy, an
+    integer conversion either way (truncating toward zero back), or the raw bits into an integer
+    register. Values keep conversions exact (integers below 2^24 for a single)."""
+    rng = d.rng
+    sfx, ctype = ("d", "double") if double else ("s", "float")
+    rnd = (lambda v: v) if double else f32
+    get, put = (State.fd, State.set_fd) if double else (State.fs, State.set_fs)
+    which = rng.choice(["sqrt", "neg", "abs", "copy", "from_long", "from_unsigned", "truncate", "bits"])
+    if which in ("sqrt", "neg", "abs", "copy"):
+        dst, x = d.freg(), d.freg()
+        if rng.random() < 0.3:
+            dst = x
+        into = "" if dst == x else f" into {dst}"
+        phrase = {"sqrt": (f"take the square root of the {ctype} in {x}{into}", f"{dst} = sqrt({x});  // {ctype}s",
+                           f"How do I compute the square root of the {ctype} {x}{into}?"),
+                  "neg": (f"negate the {ctype} in {x}{into}", f"{dst} = -{x};  // {ctype}",
+                          f"How do I flip the sign of the {ctype} {x}{into}?"),
+                  "abs": (f"make the {ctype} in {x} non-negative{into}", f"{dst} = fabs({x});  // {ctype}",
+                          f"How do I get the absolute value of the {ctype} {x}{into}?"),
+                  "copy": (f"copy the {ctype} in {x} to {dst}", f"{dst} = {x};  // {ctype} registers",
+                           f"Which instruction copies the {ctype} {x} to {dst}?")}[which]
+        if which == "copy" and dst == x:
+            dst = d.freg()
+            phrase = (f"copy the {ctype} in {x} to {dst}", f"{dst} = {x};  // {ctype} registers",
+                      f"Which instruction copies the {ctype} {x} to {dst}?")
+        text = d.say(imperative=[phrase[0]], c=[phrase[1]], question=[phrase[2]])
+        fn = {"sqrt": math.sqrt, "neg": lambda v: -v, "abs": abs, "copy": lambda v: v}[which]
+        mnemonic = {"sqrt": "fsqrt", "neg": "fneg", "abs": "fabs", "copy": "fmv"}[which]
+
+        def prepare(r: random.Random, s: State) -> None:
+            value = rnd(_fp_value(r))
+            put(s, x, abs(value) if which == "sqrt" else value)
+        return Task("fp", text, [f"{mnemonic}.{sfx} {dst}, {x}"], lambda s: put(s, dst, rnd(fn(get(s, x)))), set(), [], prepare)
+    if which in ("from_long", "from_unsigned"):
+        dst, a = d.freg(), d.reg()
+        kind, ctype_int, op = (("64-bit integer", "long", "l") if which == "from_long"
+                               else ("unsigned 32-bit integer", "unsigned int", "wu"))
+        text = d.say(imperative=[f"{dst} should hold the {kind} from {a} as a {ctype}",
+                                 f"make a {ctype} in {dst} from the {kind} that {a} holds"],
+                     c=[f"{dst} = ({ctype})({ctype_int}){a};"], question=[f"What gives {dst} the {ctype} value of the {kind} {a}?"])
+        limit = 1 << 24
+
+        def prepare(r: random.Random, s: State) -> None:
+            s[a] = r.randint(-limit, limit) if which == "from_long" else r.randint(0, limit)
+
+        def model(s: State) -> None:
+            put(s, dst, rnd(float(s64(s[a]) if which == "from_long" else s[a] & 0xFFFFFFFF)))
+        return Task("fp", text, [f"fcvt.{sfx}.{op} {dst}, {a}"], model, set(), [], prepare)
+    if which == "truncate":
+        a, x = d.reg(), d.freg()
+        text = d.say(imperative=[f"convert the {ctype} in {x} to a 32-bit int in {a}, dropping the fraction (toward zero)"],
+                     c=[f"{a} = (int){x};  // {ctype}, C truncates"], question=[f"How do I truncate the {ctype} {x} to an int in {a}?"])
+
+        def prepare(r: random.Random, s: State) -> None:
+            put(s, x, rnd(_fp_value(r)))
+        return Task("fp", text, [f"fcvt.w.{sfx} {a}, {x}, rtz"], lambda s: s.__setitem__(a, int(get(s, x))), set(), [], prepare)
+    # the raw bits of an FP register in an integer register (a single's 32 bits sign-extended, as fmv.x.w does)
+    a, x = d.reg(), d.freg()
+    width = 64 if double else 32
+    text = d.say(imperative=[f"move the raw bits of the {ctype} in {x} into {a}, unchanged"],
+                 c=[f"memcpy(&{a}, &{x}, {width // 8});  // the {ctype}'s bit pattern"],
+                 question=[f"How do I get the bit pattern of the {ctype} {x} into the integer register {a}?"])
+
+    def prepare(r: random.Random, s: State) -> None:
+        put(s, x, rnd(_fp_value(r)))
+
+    def model(s: State) -> None:
+        s[a] = f64_bits(get(s, x)) if double else sext(f32_bits(get(s, x)), 32)
+    return Task("fp", text, [f"fmv.x.{'d' if double else 'w'} {a}, {x}"], model, set(), [], prepare)
