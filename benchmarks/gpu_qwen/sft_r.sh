@@ -20,7 +20,7 @@ one() {  # NAME OVERRIDES...
   fi
   echo "$name: exit $? after $((SECONDS - t)) s"
 }
-one r_2000 trainer.iters=2000 &
+one r_2000 trainer.iters=2000 ${SFT_OVERRIDES:-} &
 P1=$!
 P2=""
 if [ "${BOTH:-0}" = 1 ]; then sleep 20; one r_2400_t8k trainer.iters=2400 data.mix_tasks=8000 & P2=$!; fi
