@@ -507,8 +507,11 @@ class GrpoTrainer(Trainer):
 
 
 def plot_rewards(history: list[dict], path: Path, title: str) -> Path | None:
-    """Mean reward and fraction functional against step, saved as a PNG."""
-    points = [(h["step"], h["reward_mean"], h["functional_fraction"]) for h in history if "reward_mean" in h]
+    """Mean reward, fraction functional and the share of groups that teach something (answers
+    with different rewards) against step, saved as a PNG. The last falls as sampling grows
+    certain, and with it what GRPO can learn (NOTES 17)."""
+    points = [(h["step"], h["reward_mean"], h["functional_fraction"], h.get("informative_groups", math.nan))
+              for h in history if "reward_mean" in h]
     if not points:
         return None
     import matplotlib
@@ -516,12 +519,14 @@ def plot_rewards(history: list[dict], path: Path, title: str) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps, reward, functional = zip(*points)
+    steps, reward, functional, informative = zip(*points)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, reward, "-", label="mean reward")
     ax.plot(steps, functional, "--", label="fraction functional")
+    ax.plot(steps, informative, ":", label="groups with differing rewards")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("per sampled answer")
+    ax.set_ylabel("per sampled answer / group")
+    ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

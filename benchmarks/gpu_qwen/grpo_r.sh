@@ -17,13 +17,17 @@ echo "GRPO from $BEST"
 name=r_grpo
 # a run left going by an earlier call (its script got SIGTERM, its python did not): wait for it
 while pgrep -f "capped.py .*$RUNS/$name( |$)" > /dev/null; do sleep 5; done
+if [ -f $RUNS/$name/config.yaml ] && ! ls -d $RUNS/$name/checkpoints/step-* > /dev/null 2>&1; then
+  # stopped before its first checkpoint (NOTES 17: a SIGTERM mid-step, KILL 15 s later): start again
+  echo "$name: no checkpoint to resume from: starting again"; rm -rf $RUNS/$name
+fi
 if [ -f $RUNS/$name/config.yaml ] && [ ! -f $RUNS/$name/metrics.json ]; then
   python benchmarks/gpu_qwen/capped.py 24 resume=$RUNS/$name >> $RUNS/$name.log 2>&1
 elif [ ! -f $RUNS/$name/metrics.json ]; then
   python benchmarks/gpu_qwen/capped.py 24 experiment=smollm2_grpo model=qwen_coder_05b model.source=hub model.path=/root/qwen \
     model.dtype=bfloat16 data.path=.gpu/data/train.jsonl tracking.offline=true tracking.experiment_name=qwen-r run_name=$name \
     eval.num_rows=-1 eval.decode=verify eval.max_tokens=128 eval.baseline=false trainer.iters=$ITERS \
-    trainer.eval_every=0 trainer.save_every=20 trainer.report_every=2 grpo.samples_every=10 \
+    trainer.eval_every=0 trainer.save_every=5 trainer.report_every=2 grpo.samples_every=10 \
     grpo.init_adapters=$RUNS/$BEST/adapters grpo.kl_reference=init grpo.task_prompts=3000 grpo.synthetic_prompts=0 grpo.split_prompts=false grpo.oversample=${OVERSAMPLE:-4} \
     grpo.max_tokens=96 hydra.run.dir=$RUNS/$name > $RUNS/$name.log 2>&1 &
   P=$!
