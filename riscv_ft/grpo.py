@@ -331,9 +331,9 @@ class GrpoTrainer(Trainer):
         With grpo.oversample = m > 1 this is DAPO's dynamic sampling, in one batch: m times the
         prompts are sampled and only groups whose answers earn different rewards are trained on,
         the first prompts_per_step of them (fewer where fewer are found), since a group of equal
-        rewards has zero advantages and teaches nothing but the KL term. NOTES 17: from SFT adapters
-        18 of 20 task groups were all right or all wrong, so plain GRPO learnt from about one group
-        a step. One batch, not rounds until enough are found: a decoding step costs about the same
+        rewards has zero advantages and teaches nothing but the KL term. From SFT adapters 18 of 20
+        recorded task groups were all right or all wrong (NOTES 16), so plain GRPO learnt from few
+        groups a step; NOTES 17 measures the share as it falls. One batch, not rounds until enough are found: a decoding step costs about the same
         at 64 answers as at 256 on a GPU, so rounds would multiply the sampling time."""
         g, tokenizer = self.grpo, self.tokenizer
         prompts = self.step_prompts(step)
@@ -484,7 +484,7 @@ class GrpoTrainer(Trainer):
                 "assembles_fraction": window["assembles"] / answers, "answer_length": window["tokens"] / answers,
                 "stopped_fraction": window["stopped"] / answers,
                 "informative_groups": window["informative"] / max(window["groups"], 1.0),
-                # answers sampled a step (more than prompts_per_step x group_size with sample_rounds > 1)
+                # answers sampled a step (more than prompts_per_step x group_size with grpo.oversample > 1)
                 # and the share of them trained on
                 "sampled_answers": answers / window["steps"], "trained_fraction": window["trained"] / answers,
                 "train_loss": window["loss"] / ntok, "kl": window["kl"] / ntok,
@@ -526,7 +526,6 @@ def plot_rewards(history: list[dict], path: Path, title: str) -> Path | None:
     ax.plot(steps, informative, ":", label="groups with differing rewards")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("per sampled answer / group")
-    ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
