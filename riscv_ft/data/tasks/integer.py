@@ -1,3 +1,4 @@
+# One module on purpose: the integer task families (arithmetic, bit fields, extension, min/max, compare, constants, moves, logic) are a few dozen lines each over the same drawing helpers; apart they would be ten small files read together.
 """Integer task families: arithmetic expressions, bit fields, extension, min/max/abs/clamp,
 compare-and-set, large constants, moves and logic."""
 
