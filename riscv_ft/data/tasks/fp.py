@@ -207,8 +207,8 @@ def _fp_one(d: _Draw, double: bool) -> Task:
     which = rng.choice(["sqrt", "neg", "abs", "copy", "from_long", "from_unsigned", "truncate", "bits"])
     if which in ("sqrt", "neg", "abs", "copy"):
         dst, x = d.freg(), d.freg()
-        if rng.random() < 0.3:
-            dst = x
+        if rng.random() < 0.3:  # in place, except a copy (to a third register then)
+            dst = x if which != "copy" else d.freg()
         into = "" if dst == x else f" into {dst}"
         phrase = {"sqrt": (f"take the square root of the {ctype} in {x}{into}", f"{dst} = sqrt({x});  // {ctype}s",
                            f"How do I compute the square root of the {ctype} {x}{into}?"),
@@ -218,10 +218,6 @@ def _fp_one(d: _Draw, double: bool) -> Task:
                           f"How do I get the absolute value of the {ctype} {x}{into}?"),
                   "copy": (f"copy the {ctype} in {x} to {dst}", f"{dst} = {x};  // {ctype} registers",
                            f"Which instruction copies the {ctype} {x} to {dst}?")}[which]
-        if which == "copy" and dst == x:
-            dst = d.freg()
-            phrase = (f"copy the {ctype} in {x} to {dst}", f"{dst} = {x};  // {ctype} registers",
-                      f"Which instruction copies the {ctype} {x} to {dst}?")
         text = d.say(imperative=[phrase[0]], c=[phrase[1]], question=[phrase[2]])
         fn = {"sqrt": math.sqrt, "neg": lambda v: -v, "abs": abs, "copy": lambda v: v}[which]
         mnemonic = {"sqrt": "fsqrt", "neg": "fneg", "abs": "fabs", "copy": "fmv"}[which]
@@ -232,11 +228,11 @@ def _fp_one(d: _Draw, double: bool) -> Task:
         return Task("fp", text, [f"{mnemonic}.{sfx} {dst}, {x}"], lambda s: put(s, dst, rnd(fn(get(s, x)))), set(), [], prepare)
     if which in ("from_long", "from_unsigned"):
         dst, a = d.freg(), d.reg()
-        kind, ctype_int, op = (("64-bit integer", "long", "l") if which == "from_long"
-                               else ("unsigned 32-bit integer", "unsigned int", "wu"))
-        text = d.say(imperative=[f"{dst} should hold the {kind} from {a} as a {ctype}",
-                                 f"make a {ctype} in {dst} from the {kind} that {a} holds"],
-                     c=[f"{dst} = ({ctype})({ctype_int}){a};"], question=[f"What gives {dst} the {ctype} value of the {kind} {a}?"])
+        integer, ctype_int, op = (("64-bit integer", "long", "l") if which == "from_long"
+                                  else ("unsigned 32-bit integer", "unsigned int", "wu"))
+        text = d.say(imperative=[f"{dst} should hold the {integer} from {a} as a {ctype}",
+                                 f"make a {ctype} in {dst} from the {integer} that {a} holds"],
+                     c=[f"{dst} = ({ctype})({ctype_int}){a};"], question=[f"What gives {dst} the {ctype} value of the {integer} {a}?"])
         limit = 1 << 24
 
         def prepare(r: random.Random, s: State) -> None:
