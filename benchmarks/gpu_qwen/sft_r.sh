@@ -2,6 +2,7 @@
 # evaluated at its end (greedy + verified, both sets); BOTH=1 also runs 2,400 steps with 8,000 tasks
 # side by side. RUNS=/root/runsR; a run with metrics.json is skipped, one with a checkpoint resumes
 # (also when an earlier call's SIGTERM left its python going: it waits for that first).
+# The 1.5B (NOTES 18): MODEL=qwen_coder_15b QWEN_DIR=/root/qwen15 NAME=q15_2000.
 set -uo pipefail
 bash benchmarks/gpu_qwen/qwen_model.sh || exit 3
 export PATH=/root/tools:$PATH
@@ -14,13 +15,13 @@ one() {  # NAME OVERRIDES...
   if [ -f $RUNS/$name/config.yaml ]; then
     python benchmarks/gpu_qwen/capped.py 12 resume=$RUNS/$name >> $RUNS/$name.log 2>&1
   else
-    python benchmarks/gpu_qwen/capped.py 12 experiment=qwen_coder model.source=hub model.path=/root/qwen model.dtype=bfloat16 \
+    python benchmarks/gpu_qwen/capped.py 12 experiment=qwen_coder model=${MODEL:-qwen_coder_05b} model.source=hub model.path=${QWEN_DIR:-/root/qwen} model.dtype=bfloat16 \
       data.path=.gpu/data/train.jsonl tracking.offline=true tracking.experiment_name=qwen-r run_name=$name \
       eval.num_rows=-1 eval.baseline=false hydra.run.dir=$RUNS/$name "$@" > $RUNS/$name.log 2>&1
   fi
   echo "$name: exit $? after $((SECONDS - t)) s"
 }
-one r_2000 trainer.iters=2000 ${SFT_OVERRIDES:-} &
+one ${NAME:-r_2000} trainer.iters=2000 ${SFT_OVERRIDES:-} &
 P1=$!
 P2=""
 if [ "${BOTH:-0}" = 1 ]; then sleep 20; one r_2400_t8k trainer.iters=2400 data.mix_tasks=8000 & P2=$!; fi
