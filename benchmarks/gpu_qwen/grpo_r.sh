@@ -2,7 +2,7 @@
 # KL to the adapters it starts from, prompts: verified multi-instruction tasks only (NOTES 16: the
 # training rows were 95% right already), sampled 4x over and trained on the groups whose rewards
 # differ (grpo.oversample, NOTES 17). BEST=RUN_NAME picks the SFT run; ITERS=N the steps;
-# OVERSAMPLE=1 is plain GRPO.
+# OVERSAMPLE=1 is plain GRPO. MODEL and QWEN_DIR as in sft_r.sh (the 1.5B: NOTES 18).
 set -uo pipefail
 export PATH=/root/tools:$PATH
 RUNS=/root/runsR; ITERS=${ITERS:-120}
@@ -24,7 +24,7 @@ fi
 if [ -f $RUNS/$name/config.yaml ] && [ ! -f $RUNS/$name/metrics.json ]; then
   python benchmarks/gpu_qwen/capped.py 24 resume=$RUNS/$name >> $RUNS/$name.log 2>&1
 elif [ ! -f $RUNS/$name/metrics.json ]; then
-  python benchmarks/gpu_qwen/capped.py 24 experiment=smollm2_grpo model=qwen_coder_05b model.source=hub model.path=/root/qwen \
+  python benchmarks/gpu_qwen/capped.py 24 experiment=smollm2_grpo model=${MODEL:-qwen_coder_05b} model.source=hub model.path=${QWEN_DIR:-/root/qwen} \
     model.dtype=bfloat16 data.path=.gpu/data/train.jsonl tracking.offline=true tracking.experiment_name=qwen-r run_name=$name \
     eval.num_rows=-1 eval.decode=verify eval.max_tokens=128 eval.baseline=false trainer.iters=$ITERS \
     trainer.eval_every=0 trainer.save_every=5 trainer.report_every=2 grpo.samples_every=10 \
