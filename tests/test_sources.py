@@ -627,3 +627,38 @@ def test_real_gguf_dequantization_of_each_type_is_what_the_source_wrote(qwen_cod
         assert np.array_equal(np.array(written[gguf._mlx_name(tensor.name, "qwen2")]), want), tensor.name
         checked[kind] = checked.get(kind, 0) + 1
     assert set(checked) == {"Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"}
+
+
+# ---------------------------------------------------------------- the real Qwen2.5-Coder-1.5B-Instruct, when cached
+
+
+@pytest.mark.slow
+def test_qwen_coder_15b_from_its_22_wheels_as_mlx_4bit_continues_facts_and_code():
+    """model=qwen_coder_15b quantized to MLX 4-bit as on a GPU (model.dequantize=never; float32
+    scales here: MLX's CPU bfloat16 takes 96 s a forward pass); skipped unless the 22 parts were
+    fetched (python -m riscv_ft.train model=qwen_coder_15b)."""
+    from mlx_lm import load
+
+    old = os.environ["RISCV_FT_CACHE"]
+    os.environ["RISCV_FT_CACHE"] = str(USER_CACHE)
+    try:
+        cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "riscv_ft" / "conf" / "model" / "qwen_coder_15b.yaml")
+        assembled = wheel.assembled_gguf(cfg.path)
+        if not assembled.is_file():
+            pytest.skip("Qwen2.5-Coder-1.5B not cached (python -m riscv_ft.train model=qwen_coder_15b fetches it)")
+        cfg.dequantize, cfg.dtype = "never", "float32"
+        folder = Path(resolve_base(cfg))
+    finally:
+        os.environ["RISCV_FT_CACHE"] = old
+    assert assembled.stat().st_size == 1_117_320_768
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and config["num_hidden_layers"] == 28 and config["hidden_size"] == 1536
+    assert config["quantization"] == {"group_size": 64, "bits": 4}
+    model, tokenizer = load(str(folder))
+
+    def next_token(text: str) -> str:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return tokenizer.decode([int(model(mx.array([ids]))[0, -1].argmax())])
+
+    assert next_token("The capital of France is") == " Paris"
+    assert next_token("def add(a, b):\n    return a") == " +"

@@ -150,7 +150,7 @@ def _memory_copy(d: _Draw) -> Task:
                      question=[f"How do I set {count if n == 1 else f'{n} consecutive {names}'} at {at} to zero?",
                                f"How can I clear the {nbytes} bytes at {at} with {name} stores?"],
                      c=[f"memset({at}, 0, {nbytes});  // {name} stores", f"{p}[{indices}] = 0;  // {size}-byte elements"
-                        if not off else f"memset({at}, 0, {nbytes});"],
+                        if not off else f"memset((char *){p} + {off}, 0, {nbytes});"],
                      terse=[f"clear {n}x{name} @ {at}", f"{nbytes} B of zeros @ {at} ({name}s)"])
         lines = [f"s{sfx} zero, {off + k * size}({p})" for k in range(n)]
 
