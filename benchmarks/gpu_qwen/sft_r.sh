@@ -1,6 +1,6 @@
-# Qwen SFT on the GPU machine (benchmarks/gpu_qwen/README.md): experiment=qwen_coder for 2,000 steps,
-# evaluated at its end (greedy + verified, both sets); BOTH=1 also runs 2,400 steps with 8,000 tasks
-# side by side. RUNS=/root/runsR; a run with metrics.json is skipped, one with a checkpoint resumes
+# Qwen SFT on the GPU machine (benchmarks/gpu_qwen/README.md): experiment=qwen_coder for ITERS steps
+# (2,000), evaluated at its end (greedy + verified, both sets). NAME2 (with SFT_OVERRIDES2, ITERS2)
+# runs a second variant side by side. RUNS=/root/runsR; a run with metrics.json is skipped, one with a checkpoint resumes
 # (also when an earlier call's SIGTERM left its python going: it waits for that first).
 # The 1.5B (NOTES 18): MODEL=qwen_coder_15b QWEN_DIR=/root/qwen15 NAME=q15_2000.
 set -uo pipefail
@@ -21,10 +21,10 @@ one() {  # NAME OVERRIDES...
   fi
   echo "$name: exit $? after $((SECONDS - t)) s"
 }
-one ${NAME:-r_2000} trainer.iters=2000 ${SFT_OVERRIDES:-} &
+one ${NAME:-r_2000} trainer.iters=${ITERS:-2000} ${SFT_OVERRIDES:-} &
 P1=$!
 P2=""
-if [ "${BOTH:-0}" = 1 ]; then sleep 20; one r_2400_t8k trainer.iters=2400 data.mix_tasks=8000 & P2=$!; fi
+if [ -n "${NAME2:-}" ]; then sleep 20; one $NAME2 trainer.iters=${ITERS2:-${ITERS:-2000}} ${SFT_OVERRIDES2:-} & P2=$!; fi
 ( while sleep 60; do for f in $RUNS/*.log; do echo "[$SECONDS s] $(basename $f): $(grep -E 'step|answer|held-out' $f | tail -1 | cut -c1-160)"; done; nvidia-smi --query-gpu=memory.used --format=csv,noheader; done ) &
 W=$!
 pack() { (cd $RUNS && tar czf $OUT/runsR.tgz --exclude='*.safetensors' --exclude='checkpoints' --exclude='adapters' .); ls -la $OUT; }
