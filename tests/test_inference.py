@@ -107,6 +107,35 @@ def test_rows_that_ended_leave_the_batch_and_the_others_go_on(tiny, monkeypatch)
     assert sizes[0] == 4 and sizes[-1] == 1 and len(sizes) == 39  # compacted after the first read-back
 
 
+def test_attention_on_the_cpu_groups_the_query_heads_of_each_kv_head(tiny, monkeypatch):
+    """The grouped attention equals MLX's (GQA, our mask layout, several query positions), the
+    decoder takes it at prefill and in the compiled step, and mlx-lm gets its function back."""
+    from mlx_lm.models import base, llama, qwen2
+
+    qkv = [(3, 8, 5, 16), (3, 2, 32, 16), (3, 2, 32, 16)]  # 8 query heads, 2 KV heads, 5 queries, 32 keys
+    q, k, v = (mx.random.normal(shape, key=mx.random.key(i)) for i, shape in enumerate(qkv))
+    mask = inference._mask(mx.array([10, 4, 20]), mx.array(3), mx.array(22), 5, 32)  # (3, 1, 5, 32) bool
+    for m in (mask, mx.where(mask, 0.0, -1e9), None):
+        expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=m)
+        assert mx.allclose(inference._grouped_attention(q, k, v, 0.25, m), expected, atol=1e-5)
+
+    model, tokenizer = tiny
+    shapes = []  # (query heads, KV heads, query positions) of each grouped call
+    grouped = inference._grouped_attention
+
+    def recording(q, k, *args):
+        shapes.append((q.shape[1], k.shape[1], q.shape[2]))
+        return grouped(q, k, *args)
+
+    monkeypatch.setattr(inference, "_grouped_attention", recording)
+    originals = [m.scaled_dot_product_attention for m in (base, llama, qwen2)]
+    with mx.stream(mx.cpu):
+        decode_prompts(model, [prompt_tokens(tokenizer, d, "chat") for d in DESCRIPTIONS[:2]], 3)
+    assert {(h, kv) for h, kv, _ in shapes} == {(8, 2)}  # the tiny model: 4 query heads per KV head
+    assert {n > 1 for _, _, n in shapes} == {True, False}  # prefill and decoding steps
+    assert [m.scaled_dot_product_attention for m in (base, llama, qwen2)] == originals
+
+
 def test_sampling_draws_each_row_on_its_own(tiny):
     model, tokenizer = tiny
     mx.random.seed(0)
