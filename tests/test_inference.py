@@ -136,6 +136,37 @@ def test_attention_on_the_cpu_groups_the_query_heads_of_each_kv_head(tiny, monke
     assert [m.scaled_dot_product_attention for m in (base, llama, qwen2)] == originals
 
 
+def test_on_the_cpu_the_decoders_silu_and_softmax_take_exp_as_a_power_of_two(tiny, monkeypatch):
+    """device.exp, the decoder's swiglu and softmax equal MLX's exp, silu(gate) * x and softmax
+    (masked scores get exactly 0); on the CPU the decoder's MLPs call `_swiglu` at prefill and in
+    the compiled step, and mlx-lm gets its swiglu back."""
+    import mlx.nn as nn
+    from mlx_lm.models import activations, llama, qwen2
+
+    from riscv_ft import device
+
+    x = mx.random.normal((4, 300), key=mx.random.key(7)) * 10
+    assert mx.allclose(device.exp(x), mx.exp(x), rtol=1e-5, atol=0)
+    assert mx.allclose(inference._swiglu(x, x + 1), nn.silu(x) * (x + 1), rtol=1e-5, atol=1e-6)
+    masked = mx.where(x > 5, mx.finfo(mx.float32).min, x)
+    soft = inference._softmax(masked)
+    assert mx.allclose(soft, mx.softmax(masked, axis=-1), atol=1e-7)
+    assert float(mx.where(x > 5, soft, 0.0).sum()) == 0.0
+    half = masked.astype(mx.bfloat16)
+    assert inference._softmax(half).dtype == mx.bfloat16
+    assert mx.allclose(inference._softmax(half).astype(mx.float32), mx.softmax(half, axis=-1, precise=True).astype(mx.float32), atol=1e-2)
+
+    model, tokenizer = tiny
+    positions = []  # query positions of each call: several at prefill, one in a decoding step
+    ours = inference._swiglu
+    monkeypatch.setattr(inference, "_swiglu", lambda gate, up: positions.append(gate.shape[1]) or ours(gate, up))
+    originals = [m.swiglu for m in (activations, llama, qwen2)]
+    with mx.stream(mx.cpu):
+        decode_prompts(model, [prompt_tokens(tokenizer, d, "chat") for d in DESCRIPTIONS[:2]], 3)
+    assert {n > 1 for n in positions} == {True, False}
+    assert [m.swiglu for m in (activations, llama, qwen2)] == originals
+
+
 def test_sampling_draws_each_row_on_its_own(tiny):
     model, tokenizer = tiny
     mx.random.seed(0)
