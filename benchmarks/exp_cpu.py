@@ -27,8 +27,8 @@ from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.pipeline import prepare_rows  # noqa: E402
 from riscv_ft.model import load_base  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-SNAPSHOT = REPO.parent / "shared" / "data" / "riscv-instruction-specification" / "train.jsonl"
+from generate_speed import SMOKE, SNAPSHOT  # noqa: E402  (this folder: the same data as that benchmark)
+
 OURS = {"_swiglu": inference._swiglu, "_softmax": inference._softmax}
 MLX = {"_swiglu": activations.swiglu, "_softmax": lambda s: mx.softmax(s, axis=-1, precise=True)}
 
@@ -84,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     with mx.stream(mx.cpu):
         alone = exp_alone(args.rounds)
-        cfg = compose(["model=smollm2", f"data.path={SNAPSHOT if SNAPSHOT.is_file() else REPO / 'riscv_ft/data/smoke.jsonl'}",
+        cfg = compose(["model=smollm2", f"data.path={SNAPSHOT if SNAPSHOT.is_file() else SMOKE}",
                        "tracking.enabled=false"])
         loaded = load_base(cfg.model)
         model, tokenizer = loaded.model, loaded.tokenizer

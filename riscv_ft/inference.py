@@ -40,7 +40,7 @@ from mlx_lm import sample_utils
 from mlx_lm.models.base import scaled_dot_product_attention as _MLX_LM_ATTENTION
 
 from riscv_ft.data.pipeline import prompt_text
-from riscv_ft.device import exp
+from riscv_ft.device import backend, exp
 
 # mlx-lm names its greedy sampler from 0.32 on (before, make_sampler(temp=0) made a lambda: then
 # _sample's greedy path is not taken). Looked up once, not at every decoding step.
@@ -234,7 +234,7 @@ def _swiglu(gate: mx.array, x: mx.array) -> mx.array:
 
 def _attention(queries, keys, values, cache, scale, mask, sinks=None):
     """mlx-lm's scaled_dot_product_attention, grouped for our caches on the CPU."""
-    if isinstance(cache, _FixedKVCache) and sinks is None and mx.default_device().type == mx.DeviceType.cpu:
+    if isinstance(cache, _FixedKVCache) and sinks is None and backend() == "cpu":
         return _grouped_attention(queries, keys, values, scale, mask)
     return _MLX_LM_ATTENTION(queries, keys, values, cache, scale, mask, sinks)
 
@@ -249,7 +249,7 @@ def _cpu_kernels():
     from mlx_lm.models import activations, base, llama, qwen2  # base, activations: fused_lora imports from them at each call
 
     patches = [(m, "scaled_dot_product_attention", _attention) for m in (base, llama, qwen2)]
-    if mx.default_device().type == mx.DeviceType.cpu:
+    if backend() == "cpu":
         patches += [(m, "swiglu", _swiglu) for m in (activations, llama, qwen2)]
     saved = []
     for module, name, ours in patches:
