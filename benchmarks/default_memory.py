@@ -40,12 +40,13 @@ from mlx.utils import tree_flatten  # noqa: E402
 from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.batch import make_batch  # noqa: E402
 from riscv_ft.data.pipeline import prepare  # noqa: E402
+from riscv_ft.data.snapshot import snapshot_file  # noqa: E402
 from riscv_ft.memory import MISTRAL_7B, estimate_memory_gb, plan_memory  # noqa: E402
 from riscv_ft.model import apply_adapters, load_base  # noqa: E402
 from riscv_ft.sources.tiny import tiny_model_dir  # noqa: E402
 from riscv_ft.trainer import Trainer  # noqa: E402
 
-SNAPSHOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "riscv-instruction-specification" / "train.jsonl"
+SNAPSHOT = snapshot_file()
 GB = 1e9
 
 

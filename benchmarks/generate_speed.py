@@ -36,12 +36,13 @@ import mlx.core as mx  # noqa: E402
 
 from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.pipeline import prepare_rows  # noqa: E402
+from riscv_ft.data.snapshot import snapshot_file  # noqa: E402
 from riscv_ft.inference import decode_prompts, prompt_tokens, stop_ids  # noqa: E402
 from riscv_ft.model import load_base  # noqa: E402
 from riscv_ft.runtime import blas_in_use  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SNAPSHOT = REPO.parent / "shared" / "data" / "riscv-instruction-specification" / "train.jsonl"
+SNAPSHOT = snapshot_file()
 SMOKE = REPO / "riscv_ft" / "data" / "smoke.jsonl"
 
 

@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 import riscv_ft.trainer  # noqa: E402
 from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.pipeline import prepare, write_splits  # noqa: E402
+from riscv_ft.data.snapshot import snapshot_file  # noqa: E402
 from riscv_ft.memory import MISTRAL_7B  # noqa: E402
 from riscv_ft.model import LoadedModel, apply_adapters, load_base  # noqa: E402
 from riscv_ft.sources.tiny import tiny_model_dir  # noqa: E402
@@ -63,7 +64,7 @@ from riscv_ft.runtime import blas_in_use  # noqa: E402
 from riscv_ft.trainer import Trainer, learning_rate_schedule  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SNAPSHOT = REPO.parent / "shared" / "data" / "riscv-instruction-specification" / "train.jsonl"
+SNAPSHOT = snapshot_file()
 SMOKE = REPO / "riscv_ft" / "data" / "smoke.jsonl"
 
 log = logging.getLogger("benchmark")

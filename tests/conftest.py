@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from riscv_ft.data.snapshot import snapshot_file
 from riscv_ft.runtime import use_fast_blas
 
 REPO = Path(__file__).resolve().parent.parent
-SNAPSHOT = Path(os.environ.get("RISCV_FT_SNAPSHOT", REPO.parent / "shared" / "data" / "riscv-instruction-specification" / "train.jsonl"))
+SNAPSHOT = snapshot_file()
 ARTIFACTS = REPO / "test-artifacts"  # screenshots and other things worth keeping from a run
 
 

@@ -3,6 +3,7 @@ the split by description, prompt masking and the padding of length-bucketed batc
 
 import json
 import random
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -241,3 +242,14 @@ def test_a_run_folder_written_with_min_width_null_still_loads():
     assert "min_width: null" in saved
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(saved))
     assert cfg.data.min_width is None
+
+
+def test_the_snapshot_is_found_beside_the_checkout_unless_the_environment_names_another(monkeypatch, tmp_path):
+    from riscv_ft.data.snapshot import BESIDE_CHECKOUT, ENV, snapshot_file
+
+    repo = Path(__file__).resolve().parent.parent
+    assert BESIDE_CHECKOUT == repo.parent / "shared" / "data" / "riscv-instruction-specification" / "train.jsonl"
+    monkeypatch.delenv(ENV, raising=False)
+    assert snapshot_file() == BESIDE_CHECKOUT
+    monkeypatch.setenv(ENV, str(tmp_path / "mine.jsonl"))
+    assert snapshot_file() == tmp_path / "mine.jsonl"
