@@ -41,7 +41,7 @@ from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.batch import make_batch  # noqa: E402
 from riscv_ft.data.pipeline import prepare  # noqa: E402
 from riscv_ft.data.snapshot import snapshot_file  # noqa: E402
-from riscv_ft.memory import MISTRAL_7B, estimate_memory_gb, plan_memory  # noqa: E402
+from riscv_ft.memory import MISTRAL_7B, estimate_memory_gb, mlx_memory_limit, plan_memory  # noqa: E402
 from riscv_ft.model import apply_adapters, load_base  # noqa: E402
 from riscv_ft.sources.tiny import tiny_model_dir  # noqa: E402
 from riscv_ft.trainer import Trainer  # noqa: E402
@@ -80,11 +80,17 @@ def write_random_bf16(folder: Path, small: bool) -> None:
 
 
 def measure(overrides: list[str], iters: int, data_path: str, limit: float | None) -> dict:
-    """One setting, in this process: plan (with `limit`), load, train, the widest step."""
+    """One setting, in this process: plan (with `limit`), load, train, the widest step. With a
+    limit, MLX keeps to it meanwhile, as in a run (riscv_ft.memory.mlx_memory_limit)."""
     cfg = compose([*overrides, f"data.path={data_path}", "tracking.enabled=false", f"trainer.iters={iters}",
                    "trainer.eval_every=0", "trainer.save_every=0", "trainer.val_batches=1"])
     if limit is not None:  # the run's own policy; keys on the command line are the user's
         cfg = plan_memory(cfg, {o.split("=", 1)[0] for o in overrides}, limit_gb=limit)
+    with mlx_memory_limit(limit) as mlx_limit:
+        return {**_measure(cfg, overrides, iters), "mlx_limit_gb": round(mlx_limit / GB, 2)}
+
+
+def _measure(cfg, overrides: list[str], iters: int) -> dict:
     mx.clear_cache()
     mx.reset_peak_memory()
     loaded = load_base(cfg.model)

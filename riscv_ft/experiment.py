@@ -42,7 +42,7 @@ from riscv_ft.data.user_prompts import load_user_prompts
 from riscv_ft.evaluate.model_eval import (answer_rows, compare_table, describe, evaluate_model, headline_metrics,
                                          select_rows, write_scored)
 from riscv_ft.answer_cache import model_identity
-from riscv_ft.memory import plan_memory, warn_if_too_big
+from riscv_ft.memory import GB, configured_limit_gb, mlx_memory_limit, plan_memory, warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
@@ -70,7 +70,14 @@ def seed_everything(seed: int) -> None:
 def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explicit: frozenset[str] = frozenset(),
                    resume_changes: tuple[str, ...] = ()) -> dict:
     """Train one run into run_dir; with resume=True, continue from its newest checkpoint.
-    `explicit`: the keys the user set, which the memory policy never changes."""
+    `explicit`: the keys the user set, which the memory policy never changes. MLX keeps to the
+    run's memory limit meanwhile (`mlx_memory_limit`)."""
+    with mlx_memory_limit(configured_limit_gb(cfg)):
+        return _run_experiment(cfg, run_dir, resume, explicit, resume_changes)
+
+
+def _run_experiment(cfg: DictConfig, run_dir: Path, resume: bool, explicit: frozenset[str],
+                    resume_changes: tuple[str, ...]) -> dict:
     started = time.perf_counter()
     main_process = distributed.is_main()  # only rank 0 writes files and the MLflow run
     if cfg.trainer.batch_size % distributed.world_size():
@@ -142,6 +149,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
         "data.padding_share_epoch": round(padding_share(epoch_batches), 4),
         "data.samples_per_batch": round(len(data.samples["train"]) / max(len(epoch_batches), 1), 2),
         "memory.estimate_gb": memory["total_gb"],
+        "memory.mlx_limit_gb": round(mx.get_memory_limit() / GB, 2),
         **data.report.as_params(),
     }
     method = (cfg.lora.fine_tune_type if cfg.lora.fine_tune_type == "full"
@@ -232,6 +240,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
         metrics["peak_memory_gb"] = max([metrics.get("peak_memory_gb") or 0.0,
                                          *(h["peak_memory_gb"] for h in history if h.get("peak_memory_gb") is not None)])
 
+        metrics["mlx_memory_limit_gb"] = round(mx.get_memory_limit() / GB, 2)  # what MLX's evaluation kept to
         metrics["processes"] = distributed.world_size()
         if not main_process:
             return metrics

@@ -44,6 +44,7 @@ import json
 import re
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -287,6 +288,33 @@ def memory_limit_gb() -> float | None:
     except Exception:  # noqa: BLE001 - an MLX without CUDA or without device_info
         pass
     return m["available_gb"] or m["total_gb"]
+
+
+@contextmanager
+def mlx_memory_limit(limit_gb: float | None):
+    """While a run trains and answers, MLX's own memory limit is the run's limit
+    (trainer.memory_limit_gb), never above MLX's default; the old one comes back afterwards.
+
+    Why: MLX's evaluation waits for the work in flight to finish whenever active memory is above
+    this limit (`mx.set_memory_limit`: a guideline, not a cap), and work that has finished lets go
+    of the buffers it held. Without a lower limit nothing waits: MLX's default is 1.5x Metal's
+    recommended working set (more than a 16 GB Mac's GPU should use), and on CUDA the host queues
+    kernels far ahead of the GPU while each queued kernel keeps its inputs alive until it has run
+    (NOTES 12 and 21: checkpointing saved almost nothing there, as it does on the CPU)."""
+    import mlx.core as mx
+
+    previous = mx.get_memory_limit()
+    if limit_gb is None:
+        yield previous
+        return
+    limit = min(int(limit_gb * GB), previous)
+    mx.set_memory_limit(limit)
+    if limit < previous:
+        log.info("memory: MLX waits for work in flight above %.2f GB (its default: %.2f GB)", limit / GB, previous / GB)
+    try:
+        yield limit
+    finally:
+        mx.set_memory_limit(previous)
 
 
 class MemoryPlanError(ConfigError):
