@@ -307,11 +307,11 @@ def mlx_memory_limit(limit_gb: float | None):
     if limit_gb is None:
         yield previous
         return
-    limit = min(int(limit_gb * GB), previous)
-    mx.set_memory_limit(limit)
-    if limit < previous:
-        log.info("memory: MLX waits for work in flight above %.2f GB (its default: %.2f GB)", limit / GB, previous / GB)
+    limit = previous if limit_gb * GB >= previous else int(limit_gb * GB)
     try:
+        mx.set_memory_limit(limit)
+        if limit < previous:
+            log.info("memory: MLX waits for work in flight above %.2f GB (its default: %.2f GB)", limit / GB, previous / GB)
         yield limit
     finally:
         mx.set_memory_limit(previous)

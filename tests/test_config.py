@@ -54,6 +54,7 @@ def test_lora_scale_follows_peft_and_rslora():
         ("lora.alpha=abc", "lora.alpha"),
         ("model=no_such_model", "model=no_such_model"),
         ("data.synthetic_max_instructions=4", "data.synthetic_max_instructions"),
+        ("trainer.memory_limit_gb=inf", "trainer.memory_limit_gb"),  # MLX's limit is a whole number of bytes
     ],
 )
 def test_bad_config_is_one_clean_line(override, names):
