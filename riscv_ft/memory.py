@@ -292,15 +292,11 @@ def memory_limit_gb() -> float | None:
 
 @contextmanager
 def mlx_memory_limit(limit_gb: float | None):
-    """While a run trains and answers, MLX's own memory limit is the run's limit
-    (trainer.memory_limit_gb), never above MLX's default; the old one comes back afterwards.
-
-    Why: MLX's evaluation waits for the work in flight to finish whenever active memory is above
-    this limit (`mx.set_memory_limit`: a guideline, not a cap), and work that has finished lets go
-    of the buffers it held. Without a lower limit nothing waits: MLX's default is 1.5x Metal's
-    recommended working set (more than a 16 GB Mac's GPU should use), and on CUDA the host queues
-    kernels far ahead of the GPU while each queued kernel keeps its inputs alive until it has run
-    (NOTES 12 and 21: checkpointing saved almost nothing there, as it does on the CPU)."""
+    """While a run trains and answers, MLX's own limit is the run's (trainer.memory_limit_gb), never
+    above MLX's default; the old one comes back afterwards. Above it MLX's evaluation waits for work
+    in flight to finish, which frees the buffers that work holds (`mx.set_memory_limit`: a guideline,
+    not a cap). MLX's default is 1.5x Metal's working set, and on CUDA queued kernels keep their
+    inputs alive: there, checkpointing saved almost nothing (NOTES 12; the CPU, NOTES 21)."""
     import mlx.core as mx
 
     previous = mx.get_memory_limit()
