@@ -72,12 +72,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume: bool = False, explici
     """Train one run into run_dir; with resume=True, continue from its newest checkpoint.
     `explicit`: the keys the user set, which the memory policy never changes. MLX keeps to the
     run's memory limit meanwhile (`mlx_memory_limit`)."""
-    with mlx_memory_limit(configured_limit_gb(cfg)):
-        return _run_experiment(cfg, run_dir, resume, explicit, resume_changes)
+    limit_gb = configured_limit_gb(cfg)  # auto reads the machine once: the plan, the warning and MLX agree
+    with mlx_memory_limit(limit_gb):
+        return _run_experiment(cfg, run_dir, resume, explicit, resume_changes, limit_gb)
 
 
 def _run_experiment(cfg: DictConfig, run_dir: Path, resume: bool, explicit: frozenset[str],
-                    resume_changes: tuple[str, ...]) -> dict:
+                    resume_changes: tuple[str, ...], limit_gb: float | None) -> dict:
     started = time.perf_counter()
     main_process = distributed.is_main()  # only rank 0 writes files and the MLflow run
     if cfg.trainer.batch_size % distributed.world_size():
@@ -100,10 +101,10 @@ def _run_experiment(cfg: DictConfig, run_dir: Path, resume: bool, explicit: froz
     rows = prepare_rows(cfg.data, cfg.trainer.seed)  # bad data fails before the model loads
     check_batch_size(rows[0]["train"], cfg.trainer.batch_size)
     if not resume:  # before loading: the cheapest setting that fits trainer.memory_limit_gb, saved with the config
-        cfg = plan_memory(cfg, explicit)
+        cfg = plan_memory(cfg, explicit, limit_gb)
         if main_process:
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    memory = warn_if_too_big(cfg)  # say which knobs help if it will not fit
+    memory = warn_if_too_big(cfg, limit_gb)  # say which knobs help if it will not fit
     if main_process and cfg.tracking.enabled and not cfg.tracking.offline:
         # One line now, not a traceback after minutes of loading. A sweep job waits out a restart.
         check_reachable(cfg.tracking.uri, wait_s=90.0 if os.environ.get(PARENT_ENV) else 0.0)
