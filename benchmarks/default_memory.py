@@ -5,10 +5,10 @@ with quantize-on-load, measured with MLX's own counter beside riscv_ft.memory's 
     python benchmarks/default_memory.py --folder /tmp/random-7b --iters 100 --limit 9   # on the GPU machine
     python benchmarks/default_memory.py --tiny --iters 10                              # a CPU check
 
-Writes Mistral-7B's shape with random weights as a bf16 safetensors folder (the form of
-Mistral's own repo, 14.5 GB) and its 4-bit copy (FOLDER-4bit, the form of mlx-community's
-repo). Each setting then runs in its own process (`--one`), so no measurement carries an
-earlier one's memory: it loads the base, trains the default recipe (LoRA r16 on all seven
+Writes Mistral-7B's shape with random weights as a 4-bit folder (FOLDER-4bit, the form of
+mlx-community's repo) and, for the quantize-on-load row, as a bf16 safetensors folder (the form
+of Mistral's own repo, 14.5 GB; --no-on-load skips both). Each setting then runs in its own
+process (`--one`), so no measurement carries an earlier one's memory: it loads the base, trains the default recipe (LoRA r16 on all seven
 kinds, batch 4, the real data) for --iters steps, then one step on the longest training
 samples (the widest batch an epoch has), and reports the peak while loading, the peak of
 training, answer tokens/s, and the estimate: for the configured max_seq_length (what the
@@ -38,10 +38,10 @@ import mlx.core as mx  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
 from riscv_ft.cli import compose  # noqa: E402
-from riscv_ft.data.batch import make_batch  # noqa: E402
+from riscv_ft.data.batch import make_batch, widest_width  # noqa: E402
 from riscv_ft.data.pipeline import prepare  # noqa: E402
 from riscv_ft.data.snapshot import snapshot_file  # noqa: E402
-from riscv_ft.memory import MISTRAL_7B, estimate_memory_gb, mlx_memory_limit, plan_memory  # noqa: E402
+from riscv_ft.memory import MISTRAL_7B, at_width, estimate_memory_gb, mlx_memory_limit, plan_memory  # noqa: E402
 from riscv_ft.model import apply_adapters, load_base  # noqa: E402
 from riscv_ft.sources.tiny import tiny_model_dir  # noqa: E402
 from riscv_ft.trainer import Trainer  # noqa: E402
@@ -53,16 +53,23 @@ GB = 1e9
 # --small: the same script on a toy shape, to check it on a CPU.
 SMALL = {"hidden_size": 256, "num_hidden_layers": 2, "intermediate_size": 512, "num_attention_heads": 8,
          "num_key_value_heads": 2, "head_dim": 32}
-def write_random_bf16(folder: Path, small: bool) -> None:
+def random_model(small: bool):
+    """Mistral-7B's shape (or SMALL's), random bf16 weights, the same every time (seed 0)."""
     from mlx_lm.models.llama import Model, ModelArgs
 
-    if (folder / "config.json").exists():
-        return
-    folder.mkdir(parents=True, exist_ok=True)
     config = {**MISTRAL_7B, **(SMALL if small else {}), "model_type": "mistral", "torch_dtype": "bfloat16"}
     mx.random.seed(0)
     model = Model(ModelArgs.from_dict(config))
     model.set_dtype(mx.bfloat16)
+    return model, config
+
+
+def write_random_bf16(folder: Path, small: bool) -> None:
+    """The form of Mistral's own repo, for the quantize-on-load row."""
+    if (folder / "config.json").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    model, config = random_model(small)
     weights = dict(tree_flatten(model.parameters()))
     # Shards of about 5 GB, as the hub repos are.
     shard, size, index = {}, 0, 0
@@ -75,6 +82,25 @@ def write_random_bf16(folder: Path, small: bool) -> None:
     if shard:
         mx.save_safetensors(str(folder / f"model-{index:05d}.safetensors"), shard, {"format": "mlx"})
     (folder / "config.json").write_text(json.dumps(config))
+    copy_tokenizer(folder)
+
+
+def write_quantized(folder: Path, small: bool) -> Path:
+    """FOLDER-4bit, the form of mlx-community's repo: the same random model quantized in memory
+    with mlx-lm's quantize_model, as quantize-on-load does (no bf16 folder needed)."""
+    quantized = folder.with_name(folder.name + "-4bit")
+    if not (quantized / "config.json").exists():
+        from mlx_lm.utils import quantize_model, save_config, save_model
+
+        model, config = quantize_model(*random_model(small), 64, 4)
+        quantized.mkdir(parents=True, exist_ok=True)
+        save_model(quantized, model)
+        save_config(config, quantized / "config.json")
+        copy_tokenizer(quantized)
+    return quantized
+
+
+def copy_tokenizer(folder: Path) -> None:
     for name in ("tokenizer.model", "tokenizer_config.json"):
         shutil.copy(tiny_model_dir(compose(["model=tiny"]).model.tiny) / name, folder / name)
 
@@ -84,19 +110,20 @@ def measure(overrides: list[str], iters: int, data_path: str, limit: float | Non
     limit, MLX keeps to it meanwhile, as in a run (riscv_ft.memory.mlx_memory_limit)."""
     cfg = compose([*overrides, f"data.path={data_path}", "tracking.enabled=false", f"trainer.iters={iters}",
                    "trainer.eval_every=0", "trainer.save_every=0", "trainer.val_batches=1"])
-    if limit is not None:  # the run's own policy; keys on the command line are the user's
-        cfg = plan_memory(cfg, {o.split("=", 1)[0] for o in overrides}, limit_gb=limit)
     with mlx_memory_limit(limit) as mlx_limit:
-        return {**_measure(cfg, overrides, iters), "mlx_limit_gb": round(mlx_limit / GB, 2)}
+        return {**_measure(cfg, overrides, iters, limit), "mlx_limit_gb": round(mlx_limit / GB, 2)}
 
 
-def _measure(cfg, overrides: list[str], iters: int) -> dict:
+def _measure(cfg, overrides: list[str], iters: int, limit: float | None) -> dict:
     mx.clear_cache()
     mx.reset_peak_memory()
     loaded = load_base(cfg.model)
     load_peak = mx.get_peak_memory()
     weights = sum(w.nbytes for _, w in tree_flatten(loaded.model.parameters()))
     data = prepare(cfg.data, loaded.tokenizer, cfg.trainer.seed)
+    if limit is not None:  # the run's own policy at the data's widest batch; keys on the command line are the user's
+        cfg = plan_memory(cfg, {o.split("=", 1)[0] for o in overrides}, limit_gb=limit,
+                          width=widest_width(data.samples["train"], cfg.data))
     mx.random.seed(0)
     apply_adapters(loaded.model, cfg.lora)
     trainer = Trainer.for_run(loaded.model, cfg)
@@ -112,8 +139,8 @@ def _measure(cfg, overrides: list[str], iters: int) -> dict:
         "load_peak_gb": round(load_peak / GB, 2), "train_peak_gb": round(train_peak / GB, 2),
         "peak_gb": round(max(load_peak, train_peak) / GB, 2), "widest_batch": list(widest.inputs.shape),
         # MLX's counter sees arrays only: the estimate without its process overhead beside it
-        "estimate_gb": _mlx_part(estimate_memory_gb(cfg)),
-        "estimate_at_widest_gb": _mlx_part(estimate_memory_gb(_at_width(cfg, width))),
+        "estimate_gb": _mlx_part(estimate_memory_gb(cfg, limit_gb=limit)),
+        "estimate_at_widest_gb": _mlx_part(estimate_memory_gb(at_width(cfg, width), limit_gb=limit)),
         "answer_tokens_per_s": round(result["tokens_per_s"], 1),
         "grad_checkpoint": cfg.trainer.grad_checkpoint, "batch_size": cfg.trainer.batch_size,
         "grad_accumulation": cfg.trainer.grad_accumulation,
@@ -122,14 +149,6 @@ def _measure(cfg, overrides: list[str], iters: int) -> dict:
 
 def _mlx_part(estimate: dict) -> float:
     return round(estimate["total_gb"] - estimate["overhead_gb"], 3)
-
-
-def _at_width(cfg, width: int):
-    from omegaconf import OmegaConf
-
-    copy = cfg.copy()
-    OmegaConf.update(copy, "data.max_seq_length", width, merge=False)
-    return copy
 
 
 def in_fresh_process(overrides: list[str], args, limit: float | None) -> dict:
@@ -142,20 +161,6 @@ def in_fresh_process(overrides: list[str], args, limit: float | None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def write_quantized(folder: Path) -> Path:
-    quantized = folder.with_name(folder.name + "-4bit")
-    if not (quantized / "config.json").exists():
-        from mlx_lm.utils import save_config, save_model
-
-        model = load_base(compose(["model=mistral7b_4bit_on_load", f"model.path={folder}"]).model).model
-        save_model(quantized, model)
-        config = json.loads((folder / "config.json").read_text())
-        save_config({**config, "quantization": {"group_size": 64, "bits": 4}}, quantized / "config.json")
-        for name in ("tokenizer.model", "tokenizer_config.json"):
-            shutil.copy(folder / name, quantized / name)
-    return quantized
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default="/tmp/random-7b")
@@ -164,6 +169,7 @@ def main() -> None:
     parser.add_argument("--limit", type=float, default=None, help="GB for the automatic policy (default 9.0; --tiny: 0.8x its estimate)")
     parser.add_argument("--small", action="store_true", help="a toy shape instead of Mistral-7B's (a CPU check of the script)")
     parser.add_argument("--tiny", action="store_true", help="the float32 tiny model, no 7B folder (a quick CPU check)")
+    parser.add_argument("--no-on-load", action="store_true", help="skip the quantize-on-load row and its 14.5 GB bf16 folder")
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for every measurement, e.g. data.min_width=0")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one setting
     args = parser.parse_args()
@@ -178,10 +184,12 @@ def main() -> None:
         on_load = None
     else:
         folder = Path(args.folder)
-        write_random_bf16(folder, args.small)
-        base = ["model=mistral7b_4bit", f"model.path={write_quantized(folder)}", *args.override]
+        base = ["model=mistral7b_4bit", f"model.path={write_quantized(folder, args.small)}", *args.override]
         limit = args.limit or 9.0
-        on_load = ["model=mistral7b_4bit_on_load", f"model.path={folder}", *args.override]
+        on_load = None
+        if not args.no_on_load:
+            write_random_bf16(folder, args.small)
+            on_load = ["model=mistral7b_4bit_on_load", f"model.path={folder}", *args.override]
     rows = {
         "no_checkpointing": in_fresh_process(base, args, None),
         "auto": in_fresh_process(base, args, limit),

@@ -36,13 +36,14 @@ from riscv_ft.checkpoint import Checkpoint, best_adapter, latest_checkpoint, loa
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.packing import packed_batches
-from riscv_ft.data.batch import padding_share
+from riscv_ft.data.batch import padding_share, widest_width
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, prepare, prepare_rows, write_splits
 from riscv_ft.data.user_prompts import load_user_prompts
 from riscv_ft.evaluate.model_eval import (answer_rows, compare_table, describe, evaluate_model, headline_metrics,
                                          select_rows, write_scored)
 from riscv_ft.answer_cache import model_identity
-from riscv_ft.memory import GB, configured_limit_gb, mlx_memory_limit, plan_memory, warn_if_too_big
+from riscv_ft.memory import (GB, at_width, configured_limit_gb, estimate_memory_gb, mlx_memory_limit, plan_memory,
+                             warn_if_too_big)
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
@@ -100,6 +101,7 @@ def _run_experiment(cfg: DictConfig, run_dir: Path, resume: bool, explicit: froz
 
     rows = prepare_rows(cfg.data, cfg.trainer.seed)  # bad data fails before the model loads
     check_batch_size(rows[0]["train"], cfg.trainer.batch_size)
+    configured = cfg
     if not resume:  # before loading: the cheapest setting that fits trainer.memory_limit_gb, saved with the config
         cfg = plan_memory(cfg, explicit, limit_gb)
         if main_process:
@@ -111,6 +113,14 @@ def _run_experiment(cfg: DictConfig, run_dir: Path, resume: bool, explicit: froz
     loaded = load_base(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     data = prepare(cfg.data, tokenizer, cfg.trainer.seed, rows)
+    if not resume and cfg.trainer.objective == "sft":
+        # Tokenized, the data's widest batch is known; it is often far narrower than the
+        # data.max_seq_length the plan had to assume, which can allow a faster setting.
+        width = widest_width(data.samples["train"], cfg.data)
+        cfg = plan_memory(configured, explicit, limit_gb, width=width)
+        memory = {**memory, "total_gb": estimate_memory_gb(at_width(cfg, width), limit_gb=limit_gb)["total_gb"]}
+        if main_process:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if main_process:
         write_splits(data.splits, run_dir, cfg.data.prompt_format)
     check_batch_size(data.samples["train"], cfg.trainer.batch_size)

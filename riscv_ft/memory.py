@@ -75,7 +75,9 @@ CHECKPOINT_BLOCKS = 2.1  # blocks' worth of activations alive while one is recom
 # PR 1983), so the activations that checkpointing recomputes stay until the step ends: on an
 # H200, Mistral-7B 4-bit, checkpointed peaks were 0.87-0.88 of the same step's without
 # (benchmarks/NOTES.md section 12). There, a checkpointed step counts at least this share of
-# the activations it would keep without checkpointing. Metal frees them per command buffer.
+# the activations it would keep without checkpointing, unless MLX is held to a limit: then it
+# waits for work in flight and fills up to the limit, no further (H100: 8.29, 8.55 and 9.07 GB at
+# limits of 8, 8.5 and 9; NOTES 22). Metal frees them per command buffer.
 CUDA_CHECKPOINT_KEEPS = 0.85
 ACTIVATION_BYTES = {"float32": 4.0, "bfloat16": 3.3, "float16": 3.3}
 OVERHEAD_GB = 0.5  # Python, MLX, mlflow, tokenizer, data: 0.3 GB RSS measured before a model loads, plus room
@@ -133,9 +135,11 @@ def _linear_shapes(c: dict) -> dict[str, tuple[int, int]]:
     }
 
 
-def estimate_memory_gb(cfg: DictConfig, backend: str | None = None) -> dict:
+def estimate_memory_gb(cfg: DictConfig, backend: str | None = None, limit_gb: float | None = None) -> dict:
     """Memory a training run of this configuration needs at its longest batch, in GB, on
-    `backend` ('cuda', 'metal' or 'cpu'; default: where MLX computes here)."""
+    `backend` ('cuda', 'metal' or 'cpu'; default: where MLX computes here). `limit_gb`: the
+    run's memory limit, which MLX keeps to (mlx_memory_limit); on CUDA a checkpointed step
+    fills up to it when it could use more."""
     from riscv_ft.device import backend as current_backend
 
     backend = backend or current_backend()
@@ -207,6 +211,7 @@ def estimate_memory_gb(cfg: DictConfig, backend: str | None = None) -> dict:
         activation_bytes = (checkpointed * tokens * hidden * dtype_bytes + (layers - checkpointed) * per_layer
                             + recompute * per_layer)
         if backend == "cuda":
+            least = activation_bytes  # what the step needs when MLX makes it wait
             activation_bytes = max(activation_bytes, CUDA_CHECKPOINT_KEEPS * layers * per_layer)
     else:
         activation_bytes = layers * per_layer
@@ -223,6 +228,9 @@ def estimate_memory_gb(cfg: DictConfig, backend: str | None = None) -> dict:
     # full fine-tuning: it overlaps the end of the backward pass, so it adds to the activations.
     update_bytes = trainable * 12
 
+    if backend == "cuda" and trainer.grad_checkpoint and limit_gb is not None:
+        room = limit_gb * GB - (weight_bytes + train_bytes + update_bytes + logits_bytes + OVERHEAD_GB * GB)
+        activation_bytes = min(activation_bytes, max(least, room))
     parts = {
         "weights_gb": weight_bytes / GB,
         "lora_gb": train_bytes / GB,
@@ -303,7 +311,9 @@ def mlx_memory_limit(limit_gb: float | None):
     if limit_gb is None:
         yield previous
         return
-    limit = previous if limit_gb * GB >= previous else int(limit_gb * GB)
+    # MLX counts its arrays only: the process's own overhead comes off (half the limit at most)
+    arrays_gb = max(limit_gb - OVERHEAD_GB, limit_gb / 2)
+    limit = previous if arrays_gb * GB >= previous else int(arrays_gb * GB)
     try:
         mx.set_memory_limit(limit)
         if limit < previous:
@@ -366,10 +376,13 @@ def _apply(cfg: DictConfig, changes: dict) -> DictConfig:
     return copy
 
 
-def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: float | None = None) -> DictConfig:
+def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: float | None = None,
+                width: int | None = None) -> DictConfig:
     """The cheapest setting whose estimate fits the limit (trainer.memory_limit_gb, or
     `limit_gb`), logged in one line and written into the returned config (the changed keys
-    and trainer.memory_plan). Raises MemoryPlanError naming what to lower when none fits."""
+    and trainer.memory_plan). Raises MemoryPlanError naming what to lower when none fits.
+    `width`: the widest batch the tokenized data makes; before tokenizing, data.max_seq_length
+    bounds it."""
     limit = limit_gb if limit_gb is not None else configured_limit_gb(cfg)
     if limit is None:
         return cfg
@@ -378,11 +391,13 @@ def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: flo
     tried = []
     for changes in memory_candidates(cfg, explicit):
         candidate = _apply(cfg, changes)
-        need = estimate_memory_gb(candidate)["total_gb"]
+        sized = candidate if width is None else at_width(candidate, width)
+        need = estimate_memory_gb(sized, limit_gb=limit)["total_gb"]
         tried.append((changes, candidate, need))
         if need <= limit:
             what = _setting(changes) or "as configured"
-            note = f"{what} (estimate {need:.2f} GB of {limit:.2f} GB)"
+            at = "" if width is None else f" at the data's widest batch, {width} wide"
+            note = f"{what} (estimate {need:.2f} GB of {limit:.2f} GB{at})"
             log.info("memory: %s", note)
             OmegaConf.update(candidate, "trainer.memory_plan", note, merge=False)
             return candidate
@@ -390,6 +405,11 @@ def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: flo
     raise MemoryPlanError(
         f"this run needs about {need:.2f} GB{' with ' + _setting(changes) if changes else ''} but trainer.memory_limit_gb "
         f"allows {limit:.3g} GB; lower " + ", ".join(f"{k}={v} ({gb:.2f} GB)" for k, v, gb in lower_options(lowest)))
+
+
+def at_width(cfg: DictConfig, width: int) -> DictConfig:
+    """cfg sized for a batch `width` wide (what estimate_memory_gb reads as data.max_seq_length)."""
+    return _apply(cfg, {"data.max_seq_length": width})
 
 
 def lower_options(cfg: DictConfig) -> list[tuple[str, object, float]]:
@@ -433,8 +453,8 @@ def warn_if_too_big(cfg: DictConfig, limit_gb: float | None = None) -> dict:
     """Estimate; if the estimate exceeds `limit_gb` (default: what this machine has available),
     log a warning that names the two changes saving the most. Returns the estimate with
     `limit_gb` and `too_big` added."""
-    estimate = estimate_memory_gb(cfg)
     limit = limit_gb if limit_gb is not None else configured_limit_gb(cfg)
+    estimate = estimate_memory_gb(cfg, limit_gb=limit)
     estimate["limit_gb"] = limit
     estimate["too_big"] = bool(limit and estimate["total_gb"] > limit)
     if estimate["too_big"]:

@@ -91,6 +91,16 @@ def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0, min
     return Batch(inputs, targets, mask, real)
 
 
+def widest_width(samples: list[Sample], data_cfg: DictConfig) -> int:
+    """The width of the widest batch these samples make (make_batch's rule), which a step's
+    memory depends on; packed rows are data.max_seq_length wide."""
+    if data_cfg.get("pack"):
+        return int(data_cfg.max_seq_length)
+    multiple = batch_multiple(data_cfg)
+    longest = max((len(s.tokens) - 1 for s in samples), default=1)
+    return max(shape_bucket(longest, multiple), round_up(data_cfg.get("min_width") or 0, multiple))
+
+
 def padding_share(batches: list[Batch]) -> float:
     total = sum(b.padded_tokens for b in batches)
     return 1.0 - sum(b.real_tokens for b in batches) / total if total else 0.0
