@@ -41,7 +41,8 @@ from riscv_ft.cli import compose  # noqa: E402
 from riscv_ft.data.batch import make_batch, widest_width  # noqa: E402
 from riscv_ft.data.pipeline import prepare  # noqa: E402
 from riscv_ft.data.snapshot import snapshot_file  # noqa: E402
-from riscv_ft.memory import MISTRAL_7B, at_width, estimate_memory_gb, mlx_memory_limit, plan_memory  # noqa: E402
+from riscv_ft.memory import MISTRAL_7B, estimate_memory_gb, mlx_memory_limit  # noqa: E402
+from riscv_ft.memory_plan import at_width, plan_memory  # noqa: E402
 from riscv_ft.model import apply_adapters, load_base  # noqa: E402
 from riscv_ft.sources.tiny import tiny_model_dir  # noqa: E402
 from riscv_ft.trainer import Trainer  # noqa: E402

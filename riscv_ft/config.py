@@ -174,7 +174,7 @@ class TrainerConfig:
     loss_chunk: int = 0
     # What the run may use, in GB: auto (Metal's recommended working set or a CUDA GPU's
     # memory less a margin, or a CPU's available RAM), off, or a number. Before loading, the
-    # run picks the cheapest setting whose estimate fits (riscv_ft.memory.plan_memory):
+    # run picks the cheapest setting whose estimate fits (riscv_ft.memory_plan.plan_memory):
     # checkpointing, then the chunked loss, then micro-batches; a key set on the command line wins.
     # While it trains and answers, MLX keeps to it too (riscv_ft.memory.mlx_memory_limit).
     memory_limit_gb: str = "auto"

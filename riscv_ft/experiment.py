@@ -36,14 +36,14 @@ from riscv_ft.checkpoint import Checkpoint, best_adapter, latest_checkpoint, loa
 from riscv_ft import distributed
 from riscv_ft.config import ConfigError, lora_scale
 from riscv_ft.data.packing import packed_batches
-from riscv_ft.data.batch import padding_share, widest_width
+from riscv_ft.data.batch import padding_share
 from riscv_ft.data.pipeline import check_batch_size, length_bucketed_batches, prepare, prepare_rows, write_splits
 from riscv_ft.data.user_prompts import load_user_prompts
 from riscv_ft.evaluate.model_eval import (answer_rows, compare_table, describe, evaluate_model, headline_metrics,
                                          select_rows, write_scored)
 from riscv_ft.answer_cache import model_identity
-from riscv_ft.memory import (GB, at_width, configured_limit_gb, estimate_memory_gb, mlx_memory_limit, plan_memory,
-                             warn_if_too_big)
+from riscv_ft.memory import GB, mlx_memory_limit
+from riscv_ft.memory_plan import configured_limit_gb, plan_for_data, plan_memory, warn_if_too_big
 from riscv_ft.model import apply_adapters, load_base, save_adapters, trainable_parameters
 from riscv_ft.packed_forward import packing_problem
 from riscv_ft.plots import plot_losses
@@ -113,12 +113,8 @@ def _run_experiment(cfg: DictConfig, run_dir: Path, resume: bool, explicit: froz
     loaded = load_base(cfg.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     data = prepare(cfg.data, tokenizer, cfg.trainer.seed, rows)
-    if not resume and cfg.trainer.objective == "sft":
-        # Tokenized, the data's widest batch is known; it is often far narrower than the
-        # data.max_seq_length the plan had to assume, which can allow a faster setting.
-        width = widest_width(data.samples["train"], cfg.data)
-        cfg = plan_memory(configured, explicit, limit_gb, width=width)
-        memory = {**memory, "total_gb": estimate_memory_gb(at_width(cfg, width), limit_gb=limit_gb)["total_gb"]}
+    if not resume and cfg.trainer.objective == "sft":  # the tokenized data's widest batch may allow a faster setting
+        cfg, memory["total_gb"] = plan_for_data(configured, explicit, limit_gb, data.samples["train"])
         if main_process:
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if main_process:
@@ -152,23 +148,18 @@ def _run_experiment(cfg: DictConfig, run_dir: Path, resume: bool, explicit: froz
         epoch_batches = length_bucketed_batches(data.samples["train"], cfg.trainer.batch_size, trainer.pad_to_multiple,
                                                 cfg.trainer.seed, min_width=trainer.min_width)
     derived = {
-        "lora.scale": lora_scale(cfg.lora),
-        "trainable_parameters": n_trainable,
-        "base_model": loaded.base_ref,
+        "lora.scale": lora_scale(cfg.lora), "trainable_parameters": n_trainable, "base_model": loaded.base_ref,
         "batches_per_epoch": len(epoch_batches),
         "epochs": round(cfg.trainer.iters * cfg.trainer.grad_accumulation / max(len(epoch_batches), 1), 3),
         "data.padding_share_epoch": round(padding_share(epoch_batches), 4),
         "data.samples_per_batch": round(len(data.samples["train"]) / max(len(epoch_batches), 1), 2),
-        "memory.estimate_gb": memory["total_gb"],
-        "memory.mlx_limit_gb": round(mx.get_memory_limit() / GB, 2),
+        "memory.estimate_gb": memory["total_gb"], "memory.mlx_limit_gb": round(mx.get_memory_limit() / GB, 2),
         **data.report.as_params(),
     }
     method = (cfg.lora.fine_tune_type if cfg.lora.fine_tune_type == "full"
               else f"{cfg.lora.fine_tune_type}, rank {cfg.lora.rank}, scale {derived['lora.scale']:.3g}")
-    log.info(
-        "Model %s: %d trainable parameters (%s); %d batches per epoch, padding %.1f%%",
-        loaded.base_ref, n_trainable, method, len(epoch_batches), 100 * derived["data.padding_share_epoch"],
-    )
+    log.info("Model %s: %d trainable parameters (%s); %d batches per epoch, padding %.1f%%",
+             loaded.base_ref, n_trainable, method, len(epoch_batches), 100 * derived["data.padding_share_epoch"])
 
     history: list[dict] = []
     if checkpoint is not None:

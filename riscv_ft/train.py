@@ -64,7 +64,7 @@ def run_and_report(cfg: DictConfig, run_dir: Path, in_sweep: bool, resume: bool 
 
 
 def _explain(err: Exception, cfg: DictConfig, run_dir: Path) -> tuple[str, int]:
-    from riscv_ft.memory import oom_advice
+    from riscv_ft.memory_plan import oom_advice
 
     if isinstance(err, USER_ERRORS):
         return str(err), 2

@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from riscv_ft.cli import compose
-from riscv_ft.memory import estimate_memory_gb, warn_if_too_big
+from riscv_ft.memory import estimate_memory_gb
+from riscv_ft.memory_plan import warn_if_too_big
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +60,8 @@ H100_PEAKS_UNDER_LIMIT = {((4, 1), 8.0): 8.29, ((4, 1), 8.5): 8.55, ((4, 1), 9.0
 def test_estimate_on_cuda_under_a_limit_fills_up_to_it_as_measured(setting):
     """Held to a limit, MLX's evaluation waits for work in flight, so a checkpointed step uses
     what the limit leaves, not the 0.85 of its activations it keeps when it may."""
-    from riscv_ft.memory import OVERHEAD_GB, at_width
+    from riscv_ft.memory import OVERHEAD_GB
+    from riscv_ft.memory_plan import at_width
 
     (batch, accumulation), mlx_limit = setting
     cfg = at_width(compose(["model=mistral7b_4bit", "trainer.grad_checkpoint=true", f"trainer.batch_size={batch}",
@@ -292,7 +294,7 @@ def test_policy_picks_checkpointing_then_micro_batches_as_the_limit_shrinks():
     """Limits between the tiny model's estimates (validated against its measured peaks above):
     as configured, then checkpointing of fewer then all blocks, then micro-batches with the
     same effective batch; a key set by the user is never changed."""
-    from riscv_ft.memory import MemoryPlanError, memory_candidates, plan_memory
+    from riscv_ft.memory_plan import MemoryPlanError, memory_candidates, plan_memory
 
     cfg = compose(["model=tiny", "trainer.batch_size=4", "data.max_seq_length=512"])
     need = lambda changes: estimate_memory_gb(plan_memory(cfg, limit_gb=1e9) if not changes else _with(cfg, changes))["total_gb"]  # noqa: E731
@@ -319,7 +321,7 @@ def test_a_run_plans_again_at_the_width_its_tokenized_data_reaches(tmp_path):
     widest batch is far narrower once tokenized, and at 1.2 GB that allows the configured batch
     of 4 instead of micro-batches (estimates 1.10 GB at 512 wide, 0.68 at the data's width)."""
     from riscv_ft.experiment import run_experiment
-    from riscv_ft.memory import plan_memory
+    from riscv_ft.memory_plan import plan_memory
 
     cfg = compose(["experiment=smoke", "trainer.iters=2", "trainer.eval_every=0", "trainer.save_every=0",
                    "eval.enabled=false", "eval.print_samples=0", "tracking.enabled=false", "trainer.memory_limit_gb=1.2"])
@@ -331,7 +333,7 @@ def test_a_run_plans_again_at_the_width_its_tokenized_data_reaches(tmp_path):
 
 
 def _with(cfg, changes):
-    from riscv_ft.memory import _apply
+    from riscv_ft.memory_plan import _apply
 
     return _apply(cfg, changes)
 
