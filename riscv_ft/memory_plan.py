@@ -103,7 +103,7 @@ def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: flo
     changes, lowest, need = tried[-1]
     raise MemoryPlanError(
         f"this run needs about {need:.2f} GB{' with ' + _setting(changes) if changes else ''} but trainer.memory_limit_gb "
-        f"allows {limit:.3g} GB; lower " + ", ".join(f"{k}={v} ({gb:.2f} GB)" for k, v, gb in lower_options(lowest)))
+        f"allows {limit:.3g} GB; lower " + ", ".join(f"{k}={v} ({gb:.2f} GB)" for k, v, gb in lower_options(lowest, limit)))
 
 
 def plan_for_data(configured: DictConfig, explicit: set[str], limit_gb: float | None, samples: list) -> tuple[DictConfig, float]:
@@ -120,13 +120,15 @@ def at_width(cfg: DictConfig, width: int) -> DictConfig:
     return _apply(cfg, {"data.max_seq_length": width})
 
 
-def lower_options(cfg: DictConfig) -> list[tuple[str, object, float]]:
-    """(key, smaller value, estimate with it) for the batch size, the LoRA rank and the longest sample."""
+def lower_options(cfg: DictConfig, limit_gb: float | None = None) -> list[tuple[str, object, float]]:
+    """(key, smaller value, estimate with it under `limit_gb`) for the batch size, the LoRA rank and
+    the longest sample."""
     options = [("trainer.batch_size", 1)]
     if cfg.lora.fine_tune_type != "full":
         options.append(("lora.rank", max(cfg.lora.rank // 2, 1)))
     options.append(("data.max_seq_length", max(cfg.data.max_seq_length // 2, 8)))
-    return [(k, v, estimate_memory_gb(_apply(cfg, {k: v}))["total_gb"]) for k, v in options if OmegaConf.select(cfg, k) != v]
+    return [(k, v, estimate_memory_gb(_apply(cfg, {k: v}), limit_gb=limit_gb)["total_gb"])
+            for k, v in options if OmegaConf.select(cfg, k) != v]
 
 
 def oom_advice(cfg: DictConfig) -> str:
