@@ -226,9 +226,11 @@ def estimate_memory_gb(cfg: DictConfig, backend: str | None = None, limit_gb: fl
     # full fine-tuning: it overlaps the end of the backward pass, so it adds to the activations.
     update_bytes = trainable * 12
 
+    least_bytes = None  # the estimate fills up to the limit: what the step needs at least
     if backend == "cuda" and trainer.grad_checkpoint and limit_gb is not None:
-        room = limit_gb * GB - (weight_bytes + train_bytes + update_bytes + logits_bytes + OVERHEAD_GB * GB)
-        activation_bytes = min(activation_bytes, max(least, room))
+        rest = weight_bytes + train_bytes + update_bytes + logits_bytes + OVERHEAD_GB * GB
+        if activation_bytes > max(least, limit_gb * GB - rest):
+            activation_bytes, least_bytes = max(least, limit_gb * GB - rest), rest + least
     parts = {
         "weights_gb": weight_bytes / GB,
         "lora_gb": train_bytes / GB,
@@ -246,6 +248,8 @@ def estimate_memory_gb(cfg: DictConfig, backend: str | None = None, limit_gb: fl
         tokens_per_batch=tokens,
         model_config=source,
     )
+    if least_bytes is not None:
+        result["least_gb"] = round(least_bytes / GB, 3)
     return result
 
 

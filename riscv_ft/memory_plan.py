@@ -91,12 +91,14 @@ def plan_memory(cfg: DictConfig, explicit: set[str] = frozenset(), limit_gb: flo
     for changes in memory_candidates(cfg, explicit):
         candidate = _apply(cfg, changes)
         sized = candidate if width is None else at_width(candidate, width)
-        need = estimate_memory_gb(sized, limit_gb=limit)["total_gb"]
+        estimate = estimate_memory_gb(sized, limit_gb=limit)
+        need = estimate["total_gb"]
         tried.append((changes, candidate, need))
         if need <= limit:
             what = _setting(changes) or "as configured"
             at = "" if width is None else f" at the data's widest batch, {width} wide"
-            note = f"{what} (estimate {need:.2f} GB of {limit:.2f} GB{at})"
+            least = f"; it needs {estimate['least_gb']:.2f} GB and fills up to the limit" if "least_gb" in estimate else ""
+            note = f"{what} (estimate {need:.2f} GB of {limit:.2f} GB{at}{least})"
             log.info("memory: %s", note)
             OmegaConf.update(candidate, "trainer.memory_plan", note, merge=False)
             return candidate
