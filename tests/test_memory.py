@@ -72,6 +72,7 @@ def test_estimate_on_cuda_under_a_limit_fills_up_to_it_as_measured(setting):
     arrays = held["total_gb"] - held["overhead_gb"]
     assert 0.95 <= H100_PEAKS_UNDER_LIMIT[setting] / arrays <= 1.05
     assert free["total_gb"] > 1.5 * held["total_gb"]  # unheld, the same step keeps far more
+    assert held["least_gb"] < held["total_gb"] and "least_gb" not in free  # what the plan's line says it needs
     # where even the least the step needs is over the limit, the estimate says so
     assert estimate_memory_gb(cfg, backend="cuda", limit_gb=2.0)["total_gb"] > 2.0
 
