@@ -13,9 +13,11 @@ kinds, batch 4, the real data) for --iters steps, then one step on the longest t
 samples (the widest batch an epoch has), and reports the peak while loading, the peak of
 training, answer tokens/s, and the estimate: for the configured max_seq_length (what the
 policy uses) and at the widest batch's width (what was measured). `--tiny` runs the same on
-the float32 tiny model (limit: 0.8x its estimate without checkpointing, unless --limit).
+the float32 tiny model (limit: 0.8x its estimate without checkpointing at the data's widest
+batch, unless --limit).
 Estimates are shown without the process overhead (0.5 GB), which MLX's counter does not see.
-The last line is JSON.
+With --repeat N, every setting runs N times round by round: the peaks are the highest, tokens/s
+the median, and the speed the median of each round's ratio to no checkpointing. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -162,6 +164,31 @@ def in_fresh_process(overrides: list[str], args, limit: float | None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def tiny_need_gb(overrides: list[str], data_path: str) -> float:
+    """The tiny model's estimate without checkpointing at the widest batch its data makes: the
+    run plans at that width (riscv_ft.memory_plan.plan_for_data), so the --tiny limit is 0.8x it."""
+    cfg = compose([*overrides, f"data.path={data_path}"])
+    samples = prepare(cfg.data, load_base(cfg.model).tokenizer, cfg.trainer.seed).samples["train"]
+    return estimate_memory_gb(at_width(cfg, widest_width(samples, cfg.data)))["total_gb"]
+
+
+def summarize(runs: list[dict], plain: list[dict]) -> dict:
+    """One setting over its rounds: the highest peaks, the median tokens/s, and the median of
+    each round's tokens/s against no checkpointing's in the same round (`speed`)."""
+    from statistics import median
+
+    if any("error" in r for r in runs):
+        return next(r for r in runs if "error" in r)
+    out = {**runs[0], "load_peak_gb": max(r["load_peak_gb"] for r in runs),
+           "train_peak_gb": max(r["train_peak_gb"] for r in runs), "peak_gb": max(r["peak_gb"] for r in runs),
+           "answer_tokens_per_s": round(median(r["answer_tokens_per_s"] for r in runs), 1),
+           "answer_tokens_per_s_runs": [r["answer_tokens_per_s"] for r in runs]}
+    out["speed_runs"] = [round(r["answer_tokens_per_s"] / p["answer_tokens_per_s"], 3) if "error" not in p else float("nan")
+                         for r, p in zip(runs, plain)]
+    out["speed"] = round(median(out["speed_runs"]), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default="/tmp/random-7b")
@@ -170,6 +197,7 @@ def main() -> None:
     parser.add_argument("--limit", type=float, default=None, help="GB for the automatic policy (default 9.0; --tiny: 0.8x its estimate)")
     parser.add_argument("--small", action="store_true", help="a toy shape instead of Mistral-7B's (a CPU check of the script)")
     parser.add_argument("--tiny", action="store_true", help="the float32 tiny model, no 7B folder (a quick CPU check)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of all settings; medians and each round's ratio")
     parser.add_argument("--no-on-load", action="store_true", help="skip the quantize-on-load row and its 14.5 GB bf16 folder")
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for every measurement, e.g. data.min_width=0")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child process: one setting
@@ -181,7 +209,7 @@ def main() -> None:
     if args.tiny:
         # the output layer at every position, as on a GPU (the estimate counts that)
         base = ["model=tiny", "trainer.select_loss_positions=false", *args.override]
-        limit = args.limit or round(0.8 * estimate_memory_gb(compose(base))["total_gb"], 3)
+        limit = args.limit or round(0.8 * tiny_need_gb(base, args.data), 3)
         on_load = None
     else:
         folder = Path(args.folder)
@@ -191,23 +219,24 @@ def main() -> None:
         if not args.no_on_load:
             write_random_bf16(folder, args.small)
             on_load = ["model=mistral7b_4bit_on_load", f"model.path={folder}", *args.override]
-    rows = {
-        "no_checkpointing": in_fresh_process(base, args, None),
-        "auto": in_fresh_process(base, args, limit),
-        "grad_checkpoint": in_fresh_process([*base, "trainer.grad_checkpoint=true"], args, None),
-    }
+    settings = {"no_checkpointing": (base, None), "auto": (base, limit),
+                "grad_checkpoint": ([*base, "trainer.grad_checkpoint=true"], None)}
     if on_load:
-        rows["on_load"] = in_fresh_process(on_load, args, None)
-    plain = rows["no_checkpointing"].get("answer_tokens_per_s")
+        settings["on_load"] = (on_load, None)
+    # Round by round, so that each round's ratios compare processes run side by side in time:
+    # on one GPU the same setting's tokens/s moved 1.6x between rounds (NOTES 22).
+    rounds = [{name: in_fresh_process(overrides, args, lim) for name, (overrides, lim) in settings.items()}
+              for _ in range(max(args.repeat, 1))]
+    rows = {name: summarize([r[name] for r in rounds], [r["no_checkpointing"] for r in rounds]) for name in settings}
     print(f"{'setting':<17} {'load peak':>9} {'train peak':>10} {'estimate':>8} {'at widest':>9} {'tok/s':>7} {'speed':>6}  what ran")
     for name, r in rows.items():
         if "error" in r:
             print(f"{name:<17} failed: {r['error']}")
             continue
-        speed = r["answer_tokens_per_s"] / plain if plain else float("nan")
         what = r["plan"] if name == "auto" else f"checkpoint={r['grad_checkpoint']} batch {r['batch_size']}x{r['grad_accumulation']}"
+        spread = f" (rounds {min(r['speed_runs']):.2f}-{max(r['speed_runs']):.2f}x)" if len(r["speed_runs"]) > 1 else ""
         print(f"{name:<17} {r['load_peak_gb']:>9.2f} {r['train_peak_gb']:>10.2f} {r['estimate_gb']:>8.2f} "
-              f"{r['estimate_at_widest_gb']:>9.2f} {r['answer_tokens_per_s']:>7.1f} {speed:>5.2f}x  {what}")
+              f"{r['estimate_at_widest_gb']:>9.2f} {r['answer_tokens_per_s']:>7.1f} {r['speed']:>5.2f}x  {what}{spread}")
     print(json.dumps({"limit_gb": limit, **rows}))
 
 
