@@ -229,8 +229,9 @@ def estimate_memory_gb(cfg: DictConfig, backend: str | None = None, limit_gb: fl
     least_bytes = None  # the estimate fills up to the limit: what the step needs at least
     if backend == "cuda" and trainer.grad_checkpoint and limit_gb is not None:
         rest = weight_bytes + train_bytes + update_bytes + logits_bytes + OVERHEAD_GB * GB
-        if activation_bytes > max(least, limit_gb * GB - rest):
-            activation_bytes, least_bytes = max(least, limit_gb * GB - rest), rest + least
+        held = max(least, limit_gb * GB - rest)  # what the limit leaves, but never below the least
+        if activation_bytes > held:
+            activation_bytes, least_bytes = held, rest + least
     parts = {
         "weights_gb": weight_bytes / GB,
         "lora_gb": train_bytes / GB,

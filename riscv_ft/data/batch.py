@@ -69,14 +69,20 @@ def batch_multiple(data_cfg: DictConfig) -> int:
     return default_batch_multiple()
 
 
+def batch_width(samples: list[Sample], pad_to_multiple: int, min_width: int = 0) -> int:
+    """The width a batch of these samples is padded to: the longest input, rounded up to a shape
+    bucket, and at least min_width."""
+    width = shape_bucket(max((len(s.tokens) - 1 for s in samples), default=1), pad_to_multiple)
+    return max(width, round_up(min_width, pad_to_multiple))
+
+
 def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0, min_width: int = 0) -> Batch:
     """Pad to the longest sample, rounded up to a shape bucket, and mask prompt and padding.
 
     Inputs are tokens[:-1] and targets tokens[1:], so the loss never trains a padding token
     (mlx-lm's `steps <= lengths` trains one per sequence).
     """
-    width = shape_bucket(max((len(s.tokens) - 1 for s in samples), default=1), pad_to_multiple)
-    width = max(width, round_up(min_width, pad_to_multiple))
+    width = batch_width(samples, pad_to_multiple, min_width)
     inputs = np.full((len(samples), width), pad_id, dtype=np.int32)
     targets = np.full((len(samples), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(samples), width), dtype=np.float32)
@@ -92,13 +98,11 @@ def make_batch(samples: list[Sample], pad_to_multiple: int, pad_id: int = 0, min
 
 
 def widest_width(samples: list[Sample], data_cfg: DictConfig) -> int:
-    """The width of the widest batch these samples make (make_batch's rule), which a step's
-    memory depends on; packed rows are data.max_seq_length wide."""
+    """The width of the widest batch these samples make, which a step's memory depends on;
+    packed rows are data.max_seq_length wide."""
     if data_cfg.get("pack"):
         return int(data_cfg.max_seq_length)
-    multiple = batch_multiple(data_cfg)
-    longest = max((len(s.tokens) - 1 for s in samples), default=1)
-    return max(shape_bucket(longest, multiple), round_up(data_cfg.get("min_width") or 0, multiple))
+    return batch_width(samples, batch_multiple(data_cfg), data_cfg.get("min_width") or 0)
 
 
 def padding_share(batches: list[Batch]) -> float:
