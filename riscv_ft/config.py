@@ -176,7 +176,8 @@ class TrainerConfig:
     # memory less a margin, or a CPU's available RAM), off, or a number. Before loading, the
     # run picks the cheapest setting whose estimate fits (riscv_ft.memory_plan.plan_memory):
     # checkpointing, then the chunked loss, then micro-batches; a key set on the command line wins.
-    # While it trains and answers, MLX keeps to it too (riscv_ft.memory.mlx_memory_limit).
+    # Once the data is tokenized it picks again at the data's widest batch (plan_for_data).
+    # While it trains and answers, MLX keeps to it less 0.5 GB for the process (riscv_ft.memory.mlx_memory_limit).
     memory_limit_gb: str = "auto"
     # Written by the run: what the memory policy chose (not an input).
     memory_plan: Optional[str] = None
